@@ -1,0 +1,48 @@
+# Everything a fresh machine needs is installed by these targets (venv, packages,
+# Kubernetes binaries built from the Go module proxy and cached per user).
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+PYTEST_ARGS ?=
+
+.PHONY: venv kube-binaries test test-fast lint typecheck demo bench clean
+
+venv: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found (Python 3.11 is required)" >&2; exit 1; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl for the
+# pinned release; cached under ~/.cache/akidb-embed/kube/<version> and reused.
+kube-binaries: venv
+	$(BIN)/akidb-embed cluster build
+
+lint: venv
+	$(BIN)/ruff check akidb_embed tests bench
+	$(BIN)/ruff format --check akidb_embed tests bench
+
+typecheck: venv
+	$(BIN)/mypy
+
+# The whole suite, cluster tests included (pytest exit 5, "no tests", is not a failure).
+test: venv kube-binaries lint typecheck
+	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
+
+# Without the slow local-cluster tests.
+test-fast: venv
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
+
+demo: venv kube-binaries
+	$(BIN)/akidb-embed demo
+
+bench: venv
+	$(BIN)/python -m bench.model_server
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

@@ -1,0 +1,5 @@
+import sys
+
+from akidb_embed.cli import main
+
+sys.exit(main())

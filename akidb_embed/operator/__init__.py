@@ -1,0 +1,1 @@
+"""akidb-embed operator."""
