@@ -1,0 +1,398 @@
+"""Checkpoint -> converted artifact directory (ONNX + tokenizer + manifest).
+
+``convert()`` is the one entry point (the CLI, the operator's conversion Job and the
+tests call it). It writes into ``<out>.partial-<random>`` beside ``out`` and renames
+into place only after the parity check passed, so a half-written or failed artifact is
+never seen under ``out``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from akidb_embed import __version__
+from akidb_embed.artifact import (
+    CONVERTER_VERSION,
+    MANIFEST_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ArtifactError,
+    ArtifactManifest,
+    Parity,
+    artifact_key,
+    file_digest,
+)
+from akidb_embed.catalog import PRECISIONS
+from akidb_embed.conversion.export import (
+    DEFAULT_OPSET,
+    INT8_SCHEMES,
+    OUTPUT_NAME,
+    ExportError,
+    convert_fp16,
+    export_onnx,
+    ffn_matmuls,
+    load_model,
+    quantize_int8,
+)
+from akidb_embed.conversion.parity import THRESHOLDS, ParityError, ParityReference
+from akidb_embed.conversion.rules import ModelRules, RulesError, resolve_rules
+from akidb_embed.conversion.source import ResolvedSource, SourceError, resolve_source
+
+log = logging.getLogger("akidb_embed.conversion")
+
+# Tokenizer files copied from the source when present (tokenizer.json is required and
+# is produced from a slow tokenizer when the source lacks it).
+TOKENIZER_EXTRAS = (
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "vocab.txt",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "added_tokens.json",
+)
+
+
+class ConversionError(Exception):
+    """A conversion failed; the message says why. No artifact was left behind."""
+
+
+class AlreadyConverted(Exception):
+    pass
+
+
+class _Progress:
+    """Log lines with the elapsed time of the whole conversion."""
+
+    def __init__(self) -> None:
+        self.start = time.monotonic()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    @contextlib.contextmanager
+    def step(self, what: str) -> Iterator[None]:
+        t0 = time.monotonic()
+        log.info("[%6.1fs] %s ...", self.elapsed, what)
+        yield
+        log.info("[%6.1fs] %s: done in %.1fs", self.elapsed, what, time.monotonic() - t0)
+
+
+def _tool_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    versions = {"akidb-embed": __version__, "converter": CONVERTER_VERSION}
+    for pkg in ("torch", "transformers", "onnx", "onnxruntime", "tokenizers"):
+        try:
+            versions[pkg] = version(pkg)
+        except PackageNotFoundError:
+            continue
+    return versions
+
+
+def write_tokenizer(checkpoint: Path, out_dir: Path, padding_side: str) -> None:
+    """tokenizer.json (+ the other tokenizer files) with padding set for the model.
+
+    The padding direction (left for last-token pooling) and pad token are written into
+    tokenizer.json so a plain ``tokenizers.Tokenizer.from_file`` pads correctly.
+    """
+    from tokenizers import Tokenizer
+
+    for extra in TOKENIZER_EXTRAS:
+        if (checkpoint / extra).is_file():
+            shutil.copyfile(checkpoint / extra, out_dir / extra)
+    target = out_dir / TOKENIZER_FILE
+    auto: Any = None
+    try:
+        from transformers import AutoTokenizer
+
+        auto = AutoTokenizer.from_pretrained(str(checkpoint), use_fast=True)
+    except Exception as exc:
+        if not (checkpoint / TOKENIZER_FILE).is_file():
+            raise ConversionError(f"cannot load the tokenizer of {checkpoint}: {exc}") from exc
+        log.warning("transformers cannot load the tokenizer (%s); using tokenizer.json as is", exc)
+    if (checkpoint / TOKENIZER_FILE).is_file():
+        shutil.copyfile(checkpoint / TOKENIZER_FILE, target)
+    else:
+        if auto is None or not getattr(auto, "is_fast", False):
+            raise ConversionError(
+                f"{checkpoint} has no tokenizer.json and its tokenizer cannot be converted "
+                "to a fast tokenizer"
+            )
+        log.info("source has only a slow tokenizer; converting it to tokenizer.json")
+        auto.backend_tokenizer.save(str(target))
+    tok = Tokenizer.from_file(str(target))
+    pad_token: str | None = None
+    pad_id: int | None = None
+    if auto is not None:
+        pad_token = auto.pad_token or auto.eos_token
+        pad_id = auto.convert_tokens_to_ids(pad_token) if pad_token else None
+    if pad_token is None and tok.padding is not None:
+        pad_token, pad_id = tok.padding["pad_token"], tok.padding["pad_id"]
+    if pad_token is None or pad_id is None:
+        raise ConversionError(
+            f"the tokenizer of {checkpoint} has no pad or eos token; cannot pad batches"
+        )
+    tok.no_truncation()
+    tok.enable_padding(direction=padding_side, pad_id=int(pad_id), pad_token=pad_token)
+    tok.save(str(target))
+
+
+def _sample_inputs(out_dir: Path, input_names: list[str], max_length: int) -> dict[str, Any]:
+    from akidb_embed.conversion.parity import load_tokenizer, tokenize
+
+    tok = load_tokenizer(out_dir / TOKENIZER_FILE, max_length)
+    return tokenize(
+        tok, ["a short text", "a rather longer sample text used for tracing"], input_names
+    )
+
+
+def _check_existing(out: Path, key: str, force: bool) -> ArtifactManifest | None:
+    """The existing artifact when it is this very conversion (and not forced)."""
+    if not out.exists():
+        return None
+    if not out.is_dir():
+        raise ConversionError(f"{out} exists and is not a directory")
+    if (out / MANIFEST_FILE).is_file():
+        try:
+            existing = ArtifactManifest.load(out)
+        except ArtifactError as exc:
+            if force:
+                return None
+            raise ConversionError(
+                f"{out} holds an unreadable manifest ({exc}); pass --force to replace it"
+            ) from exc
+        if existing.key == key and not force:
+            return existing
+        if not force:
+            raise ConversionError(
+                f"{out} already holds a different artifact (key {existing.key}, this "
+                f"conversion is {key}); pass --force to replace it"
+            )
+        return None
+    if any(out.iterdir()) and not force:
+        raise ConversionError(
+            f"{out} exists, is not empty and is not an artifact; pass --force to replace it"
+        )
+    return None
+
+
+def _install(partial: Path, out: Path) -> None:
+    """Rename the finished partial directory into place (replacing ``out`` if forced)."""
+    if out.exists():
+        old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
+        os.rename(out, old)
+        os.rename(partial, out)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(partial, out)
+
+
+def convert(
+    source: str | Path,
+    out_dir: str | Path,
+    *,
+    name: str | None = None,
+    family: str | None = None,
+    precision: str = "fp32",
+    revision: str = "main",
+    opset: int = DEFAULT_OPSET,
+    max_length: int | None = None,
+    pooling: str | None = None,
+    normalize: bool | None = None,
+    matryoshka_dimensions: list[int] | None = None,
+    query_prefix: str | None = None,
+    document_prefix: str | None = None,
+    force: bool = False,
+    parity_threshold: float | None = None,
+    warm_tensorrt: bool = False,
+    cache_dir: Path | None = None,
+) -> ArtifactManifest:
+    """Convert ``source`` (checkpoint dir or hub repo id) into the artifact ``out_dir``.
+
+    Raises ``ConversionError`` (with the reason) on any failure; nothing is left at
+    ``out_dir`` or in the partial directory then. If ``out_dir`` already holds the
+    artifact of the same key, returns its manifest without converting ("already
+    converted"), unless ``force``.
+    """
+    if precision not in PRECISIONS:
+        raise ConversionError(f"unknown precision {precision!r}; expected {'|'.join(PRECISIONS)}")
+    out = Path(out_dir).expanduser().absolute()
+    progress = _Progress()
+    try:
+        with progress.step(f"resolving source {source}"):
+            resolved: ResolvedSource = resolve_source(str(source), revision, cache_dir)
+        rules: ModelRules = resolve_rules(
+            resolved.path,
+            resolved.source,
+            resolved.is_hub,
+            name=name,
+            family=family,
+            pooling=pooling,
+            normalize=normalize,
+            max_length=max_length,
+            matryoshka_dimensions=matryoshka_dimensions,
+            query_prefix=query_prefix,
+            document_prefix=document_prefix,
+        )
+    except (SourceError, RulesError) as exc:
+        raise ConversionError(str(exc)) from exc
+    key = artifact_key(resolved.source, resolved.revision, precision, opset)
+    existing = _check_existing(out, key, force)
+    if existing is not None:
+        log.info("already converted: %s holds %s (key %s)", out, existing.name, key)
+        if warm_tensorrt:
+            from akidb_embed.conversion.tensorrt import warm_tensorrt_engine
+
+            warm_tensorrt_engine(out, existing)
+        return existing
+
+    log.info(
+        "converting %s (%s, %s pooling, %s padding, dim %d, max length %d) to %s %s",
+        resolved.source,
+        rules.architecture,
+        rules.pooling,
+        rules.padding_side,
+        rules.dimension,
+        rules.max_length,
+        precision,
+        out,
+    )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.partial-{secrets.token_hex(4)}")
+    partial.mkdir()
+    try:
+        manifest = _convert_into(
+            partial, resolved, rules, precision, opset, key, parity_threshold, progress
+        )
+        with progress.step("writing the artifact"):
+            manifest.save(partial)
+            _install(partial, out)
+    except BaseException as exc:
+        shutil.rmtree(partial, ignore_errors=True)
+        if isinstance(exc, ConversionError):
+            raise
+        if isinstance(exc, ParityError | ExportError | SourceError | RulesError | OSError):
+            raise ConversionError(str(exc)) from exc
+        raise
+    log.info("[%6.1fs] converted %s -> %s", progress.elapsed, resolved.source, out)
+    if warm_tensorrt:
+        from akidb_embed.conversion.tensorrt import warm_tensorrt_engine
+
+        warm_tensorrt_engine(out, manifest)
+    return manifest
+
+
+def _convert_into(
+    partial: Path,
+    resolved: ResolvedSource,
+    rules: ModelRules,
+    precision: str,
+    opset: int,
+    key: str,
+    parity_threshold: float | None,
+    progress: _Progress,
+) -> ArtifactManifest:
+    with progress.step("copying the tokenizer"):
+        write_tokenizer(resolved.path, partial, rules.padding_side)
+    with progress.step(f"loading {resolved.path}"):
+        model, input_names = load_model(resolved.path)
+        config_dim = getattr(model.config, "hidden_size", rules.dimension)
+        if config_dim != rules.dimension:
+            raise ConversionError(f"model hidden size {config_dim} != dimension {rules.dimension}")
+    fp32_path = partial / MODEL_FILE if precision == "fp32" else partial / "fp32" / MODEL_FILE
+    with progress.step(
+        f"exporting the ONNX graph (opset {opset}, inputs {', '.join(input_names)})"
+    ):
+        sample = _sample_inputs(partial, input_names, rules.max_length)
+        actual_opset = export_onnx(model, input_names, sample, fp32_path, opset)
+    threshold = parity_threshold if parity_threshold is not None else THRESHOLDS[precision]
+    reference = ParityReference(
+        partial / TOKENIZER_FILE,
+        model,
+        input_names=input_names,
+        pooling=rules.pooling,
+        normalize=rules.normalize,
+        max_length=rules.max_length,
+    )
+    notes: dict[str, str] = {}
+    if precision == "fp16":
+        with progress.step("converting to fp16 (fp32 inputs/outputs kept)"):
+            convert_fp16(fp32_path, partial / MODEL_FILE)
+    elif precision == "int8":
+        intermediate = int(getattr(model.config, "intermediate_size", 0) or 0)
+        best: tuple[float, str] | None = None
+        for scheme in INT8_SCHEMES:
+            with progress.step(f"quantizing to int8 (dynamic, per-channel QInt8, {scheme})"):
+                exclude = ffn_matmuls(fp32_path, intermediate, scheme)
+                if scheme != "all" and not exclude:
+                    continue
+                quantize_int8(fp32_path, partial / MODEL_FILE, exclude)
+                low = float(reference.cosines(partial / MODEL_FILE).min())
+            log.info("int8 scheme %s: min cosine %.6f (threshold %.4f)", scheme, low, threshold)
+            if best is None or low > best[0]:
+                best = (low, scheme)
+            if low >= threshold:
+                break
+        notes["int8-scheme"] = best[1] if best else "all"
+        if best is not None and best[1] != scheme:  # the last tried is not the best one
+            quantize_int8(
+                fp32_path, partial / MODEL_FILE, ffn_matmuls(fp32_path, intermediate, best[1])
+            )
+    if fp32_path != partial / MODEL_FILE:
+        shutil.rmtree(fp32_path.parent, ignore_errors=True)
+
+    parity: Parity | None
+    with progress.step(f"parity check against PyTorch ({precision}, threshold {threshold})"):
+        try:
+            parity = reference.check(partial / MODEL_FILE, threshold)
+        except ParityError:
+            raise
+        except Exception as exc:
+            if precision != "fp16":
+                raise ConversionError(f"cannot run the converted model: {exc}") from exc
+            # fp16 graphs are for GPUs; some CPU builds of ONNX Runtime lack fp16 kernels.
+            parity = None
+            notes["parity"] = f"fp16 parity not checked: ONNX Runtime on CPU cannot run it ({exc})"
+            log.warning("%s", notes["parity"])
+    del model
+
+    files = {
+        p.relative_to(partial).as_posix(): file_digest(p)
+        for p in sorted(partial.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_FILE
+    }
+    return ArtifactManifest(
+        name=rules.name,
+        family=rules.family,
+        architecture=rules.architecture,
+        pooling=rules.pooling,
+        padding_side=rules.padding_side,
+        normalize=rules.normalize,
+        dimension=rules.dimension,
+        max_length=rules.max_length,
+        precision=precision,
+        opset=actual_opset,
+        source=resolved.source,
+        revision=resolved.revision,
+        key=key,
+        inputs=list(input_names),
+        output=OUTPUT_NAME,
+        matryoshka_dimensions=list(rules.matryoshka_dimensions),
+        query_prefix=rules.query_prefix,
+        document_prefix=rules.document_prefix,
+        files=files,
+        parity=parity,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        tool_versions={**_tool_versions(), **notes},
+    )

@@ -1,0 +1,531 @@
+"""The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
+the node agent as detached child processes, with everything under one state folder.
+
+Layout of the state folder:
+    config.json            ports, pod subnet, node name (chosen at the first `up`)
+    admin.kubeconfig       the admin credential (system:masters)
+    pki/                   CA, serving/client certificates, service-account key pair
+    kubeconfig/            credentials of the controller-manager and the scheduler
+    etcd-data/             etcd's data
+    run/<component>.pid    pid records (pid + start time, checked before any signal)
+    logs/<component>.log   component logs; logs/pods/<ns>_<pod>_<uid>/<container>.log
+    agent/                 node agent state (pod processes, pod IPs, per-pod dirs)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import socket
+import ssl
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from akidb_embed.devcluster import build, procs
+
+DEFAULT_NODE_NAME = "jetson-thor-0"
+SERVICE_CIDR = "10.96.0.0/16"
+KUBERNETES_SERVICE_IP = "10.96.0.1"
+STATE_ENV = "AKIDB_DEVCLUSTER_DIR"
+
+# Start order; `down` stops in reverse.
+COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+
+Progress = Callable[[str], None]
+
+# Taints the node lifecycle controller sets on a node it does not consider healthy.
+_UNHEALTHY_TAINTS = ("node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable")
+
+
+class ClusterError(RuntimeError):
+    """The cluster could not be brought up or queried; the message says why."""
+
+
+def default_state_dir() -> Path:
+    if os.environ.get(STATE_ENV):
+        return Path(os.environ[STATE_ENV]).expanduser()
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "akidb-embed" / "devcluster"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_busy(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _default_pod_subnet(state_dir: Path) -> str:
+    # Different clusters (a test run beside a user's demo) get different /16s, so their
+    # pods may bind the same ports without clashing.
+    digest = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
+    return f"127.{64 + digest[0] % 128}.0.0/16"
+
+
+@dataclass
+class ClusterConfig:
+    node_name: str = DEFAULT_NODE_NAME
+    kube_version: str = build.KUBE_VERSION
+    etcd_port: int = 0
+    etcd_peer_port: int = 0
+    apiserver_port: int = 0
+    controller_manager_port: int = 0
+    scheduler_port: int = 0
+    pod_subnet: str = ""
+    service_cidr: str = SERVICE_CIDR
+    # Crash-loop back-off of the node agent (the kubelet uses 10 s doubling to 300 s).
+    backoff_base_s: float = 10.0
+    backoff_max_s: float = 300.0
+    # Where NodePort Services and hostPorts are reachable, besides the node's own IP.
+    host_address: str = "127.0.0.1"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def node_ip(self) -> str:
+        net = self.pod_subnet.split("/")[0].rsplit(".", 2)[0]
+        return f"{net}.0.1"
+
+    @property
+    def server(self) -> str:
+        return f"https://127.0.0.1:{self.apiserver_port}"
+
+    @classmethod
+    def load(cls, path: Path) -> ClusterConfig:
+        data = json.loads(path.read_text())
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+    def save(self, path: Path) -> None:
+        path.write_text(json.dumps(asdict(self), indent=2) + "\n")
+
+
+@dataclass
+class ComponentStatus:
+    name: str
+    running: bool
+    pid: int | None
+    log: Path
+
+
+@dataclass
+class ClusterStatus:
+    state_dir: Path
+    server: str | None
+    kubeconfig: Path
+    components: list[ComponentStatus]
+    ready: bool
+    node_name: str
+    node_ready: bool | None
+
+    @property
+    def running(self) -> bool:
+        return all(c.running for c in self.components)
+
+    def describe(self) -> str:
+        lines = [f"state dir:  {self.state_dir}"]
+        if self.server:
+            lines.append(f"API server: {self.server} ({'ready' if self.ready else 'not ready'})")
+            lines.append(f"kubeconfig: {self.kubeconfig}")
+        node = {None: "unknown", True: "Ready", False: "NotReady"}[self.node_ready]
+        lines.append(f"node:       {self.node_name} ({node})")
+        for c in self.components:
+            state = f"running (pid {c.pid})" if c.running else "stopped"
+            lines.append(f"  {c.name:<24} {state:<22} log: {c.log}")
+        return "\n".join(lines)
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+class DevCluster:
+    """One local cluster, identified by its state folder.
+
+    `up()` is idempotent: running components are reused, missing ones started. `down()`
+    stops only the processes recorded in this state folder (identity-checked).
+    """
+
+    def __init__(
+        self,
+        state_dir: Path | str | None = None,
+        *,
+        node_name: str = DEFAULT_NODE_NAME,
+        pod_subnet: str | None = None,
+        backoff_base_s: float | None = None,
+        backoff_max_s: float | None = None,
+    ) -> None:
+        self.state_dir = Path(state_dir).expanduser() if state_dir else default_state_dir()
+        self._node_name = node_name
+        self._pod_subnet = pod_subnet
+        self._backoff_base_s = backoff_base_s
+        self._backoff_max_s = backoff_max_s
+
+    # -- paths ------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.state_dir / "config.json"
+
+    @property
+    def kubeconfig(self) -> Path:
+        return self.state_dir / "admin.kubeconfig"
+
+    @property
+    def pki_dir(self) -> Path:
+        return self.state_dir / "pki"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.state_dir / "logs"
+
+    @property
+    def agent_dir(self) -> Path:
+        return self.state_dir / "agent"
+
+    def pid_path(self, component: str) -> Path:
+        return self.state_dir / "run" / f"{component}.pid"
+
+    def log_path(self, component: str) -> Path:
+        return self.logs_dir / f"{component}.log"
+
+    def config(self) -> ClusterConfig:
+        if not self.config_path.exists():
+            raise ClusterError(f"no cluster in {self.state_dir} (run `akidb-embed cluster up`)")
+        return ClusterConfig.load(self.config_path)
+
+    @property
+    def server(self) -> str:
+        return self.config().server
+
+    # -- configuration ----------------------------------------------------------------------
+    def _ensure_config(self) -> ClusterConfig:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        if self.config_path.exists():
+            cfg = ClusterConfig.load(self.config_path)
+        else:
+            cfg = ClusterConfig(
+                node_name=self._node_name,
+                etcd_port=_free_port(),
+                etcd_peer_port=_free_port(),
+                apiserver_port=_free_port(),
+                controller_manager_port=_free_port(),
+                scheduler_port=_free_port(),
+                pod_subnet=self._pod_subnet or _default_pod_subnet(self.state_dir),
+            )
+        # Tunables given explicitly win over the stored ones; ports and subnet stay put.
+        if self._backoff_base_s is not None:
+            cfg.backoff_base_s = self._backoff_base_s
+        if self._backoff_max_s is not None:
+            cfg.backoff_max_s = self._backoff_max_s
+        cfg.save(self.config_path)
+        return cfg
+
+    def _write_kubeconfig(self, path: Path, cfg: ClusterConfig, who: str) -> None:
+        def b64(p: Path) -> str:
+            return base64.b64encode(p.read_bytes()).decode()
+
+        pki = self.pki_dir
+        data = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [
+                {
+                    "name": "akidb-dev",
+                    "cluster": {
+                        "server": cfg.server,
+                        "certificate-authority-data": b64(pki / "ca.crt"),
+                    },
+                }
+            ],
+            "users": [
+                {
+                    "name": who,
+                    "user": {
+                        "client-certificate-data": b64(pki / f"{who}.crt"),
+                        "client-key-data": b64(pki / f"{who}.key"),
+                    },
+                }
+            ],
+            "contexts": [{"name": "akidb-dev", "context": {"cluster": "akidb-dev", "user": who}}],
+            "current-context": "akidb-dev",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # JSON is valid YAML; every Kubernetes client reads it.
+        path.write_text(json.dumps(data, indent=2) + "\n")
+        path.chmod(0o600)
+
+    # -- component command lines -------------------------------------------------------------
+    def _argv(self, component: str, cfg: ClusterConfig) -> list[str]:
+        b = build.bin_dir(cfg.kube_version)
+        pki = self.pki_dir
+        kc = self.state_dir / "kubeconfig"
+        if component == "etcd":
+            return [
+                str(b / "etcd"),
+                "--name=akidb-dev",
+                f"--data-dir={self.state_dir / 'etcd-data'}",
+                f"--listen-client-urls=http://127.0.0.1:{cfg.etcd_port}",
+                f"--advertise-client-urls=http://127.0.0.1:{cfg.etcd_port}",
+                f"--listen-peer-urls=http://127.0.0.1:{cfg.etcd_peer_port}",
+                f"--initial-advertise-peer-urls=http://127.0.0.1:{cfg.etcd_peer_port}",
+                f"--initial-cluster=akidb-dev=http://127.0.0.1:{cfg.etcd_peer_port}",
+                "--log-level=warn",
+                "--quota-backend-bytes=2147483648",
+            ]
+        if component == "kube-apiserver":
+            return [
+                str(b / "kube-apiserver"),
+                f"--etcd-servers=http://127.0.0.1:{cfg.etcd_port}",
+                "--bind-address=127.0.0.1",
+                "--advertise-address=127.0.0.1",
+                f"--secure-port={cfg.apiserver_port}",
+                f"--tls-cert-file={pki / 'apiserver.crt'}",
+                f"--tls-private-key-file={pki / 'apiserver.key'}",
+                f"--client-ca-file={pki / 'ca.crt'}",
+                # Only so controllers find a request-header CA; no front-proxy cert exists.
+                f"--requestheader-client-ca-file={pki / 'ca.crt'}",
+                "--requestheader-allowed-names=front-proxy-client",
+                "--requestheader-username-headers=X-Remote-User",
+                "--requestheader-group-headers=X-Remote-Group",
+                "--requestheader-extra-headers-prefix=X-Remote-Extra-",
+                "--authorization-mode=Node,RBAC",
+                "--service-account-issuer=https://kubernetes.default.svc.cluster.local",
+                f"--service-account-key-file={pki / 'sa.pub'}",
+                f"--service-account-signing-key-file={pki / 'sa.key'}",
+                f"--service-cluster-ip-range={cfg.service_cidr}",
+                # A loopback advertise address fails Endpoints validation.
+                "--endpoint-reconciler-type=none",
+                "--allow-privileged=true",
+                "--profiling=false",
+                "--v=1",
+            ]
+        if component in ("kube-controller-manager", "kube-scheduler"):
+            short = "controller-manager" if component == "kube-controller-manager" else "scheduler"
+            kubeconfig = kc / f"{short}.kubeconfig"
+            argv = [
+                str(b / component),
+                f"--kubeconfig={kubeconfig}",
+                f"--authentication-kubeconfig={kubeconfig}",
+                f"--authorization-kubeconfig={kubeconfig}",
+                "--bind-address=127.0.0.1",
+                "--leader-elect=false",
+                "--v=1",
+            ]
+            if component == "kube-scheduler":
+                return [*argv, f"--secure-port={cfg.scheduler_port}"]
+            return [
+                *argv,
+                f"--secure-port={cfg.controller_manager_port}",
+                f"--service-account-private-key-file={pki / 'sa.key'}",
+                f"--root-ca-file={pki / 'ca.crt'}",
+                "--use-service-account-credentials=true",
+                "--controllers=*",
+                f"--cluster-signing-cert-file={pki / 'ca.crt'}",
+                f"--cluster-signing-key-file={pki / 'ca.key'}",
+                f"--service-cluster-ip-range={cfg.service_cidr}",
+            ]
+        if component == "node-agent":
+            return [
+                sys.executable,
+                "-m",
+                "akidb_embed.devcluster.agent",
+                "--state-dir",
+                str(self.state_dir),
+            ]
+        raise ValueError(component)
+
+    def _component_port(self, component: str, cfg: ClusterConfig) -> int | None:
+        return {
+            "etcd": cfg.etcd_port,
+            "kube-apiserver": cfg.apiserver_port,
+            "kube-controller-manager": cfg.controller_manager_port,
+            "kube-scheduler": cfg.scheduler_port,
+        }.get(component)
+
+    # -- processes --------------------------------------------------------------------------
+    def _record(self, component: str) -> procs.PidRecord | None:
+        return procs.PidRecord.load(self.pid_path(component))
+
+    def _running(self, component: str) -> procs.PidRecord | None:
+        rec = self._record(component)
+        return rec if rec is not None and rec.alive() else None
+
+    def _start(self, component: str, cfg: ClusterConfig, progress: Progress) -> bool:
+        """Start `component` unless it is running; True if it was started now."""
+        if self._running(component):
+            return False
+        port = self._component_port(component, cfg)
+        if port and _port_busy(port):
+            raise ClusterError(
+                f"cannot start {component}: port {port} (stored in {self.config_path}) is "
+                "used by another process. Stop that process, or remove this cluster with "
+                "`akidb-embed cluster down --purge` and bring up a fresh one."
+            )
+        argv = self._argv(component, cfg)
+        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        pid = procs.spawn_detached(argv, self.log_path(component), env, self.state_dir)
+        procs.PidRecord.of(pid, argv[0]).save(self.pid_path(component))
+        progress(f"  started {component} (pid {pid})")
+        return True
+
+    def _wait(self, what: str, component: str, check: Callable[[], bool], timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if check():
+                return
+            if not self._running(component):
+                raise ClusterError(
+                    f"{component} exited while waiting for {what}; see {self.log_path(component)}:"
+                    f"\n{_tail(self.log_path(component))}"
+                )
+            time.sleep(0.3)
+        raise ClusterError(
+            f"timed out after {timeout_s:.0f}s waiting for {what}; see "
+            f"{self.log_path(component)}:\n{_tail(self.log_path(component))}"
+        )
+
+    # -- API access (stdlib only, so the CLI stays light) -----------------------------------
+    def _ssl(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(self.pki_dir / "ca.crt"))
+        ctx.load_cert_chain(self.pki_dir / "admin.crt", self.pki_dir / "admin.key")
+        return ctx
+
+    def api_get(self, path: str, timeout_s: float = 5.0) -> tuple[int, bytes]:
+        """GET `path` from the API server as admin; (status, body), status 0 if unreachable."""
+        try:
+            cfg = self.config()
+            with urllib.request.urlopen(
+                cfg.server + path, context=self._ssl(), timeout=timeout_s
+            ) as resp:
+                return int(resp.status), resp.read()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read()
+        except (OSError, ClusterError, ssl.SSLError):
+            return 0, b""
+
+    def _etcd_healthy(self, cfg: ClusterConfig) -> bool:
+        try:
+            url = f"http://127.0.0.1:{cfg.etcd_port}/health"
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(json.loads(resp.read()).get("health") == "true")
+        except (OSError, ValueError):
+            return False
+
+    def node_ready(self) -> bool | None:
+        """True once the node is Ready and schedulable (no not-ready/unreachable taint)."""
+        code, body = self.api_get(f"/api/v1/nodes/{self.config().node_name}")
+        if code != 200:
+            return None
+        node = json.loads(body)
+        conditions = node.get("status", {}).get("conditions", [])
+        ready = any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
+        taints = node.get("spec", {}).get("taints", []) or []
+        stale = any(t["key"].startswith(_UNHEALTHY_TAINTS) for t in taints)
+        return ready and not stale
+
+    # -- public API -------------------------------------------------------------------------
+    def up(self, progress: Progress = _stderr, timeout_s: float = 240.0) -> ClusterStatus:
+        """Bring the cluster up (building binaries if needed); reuse what is running."""
+        started = time.monotonic()
+        cfg = self._ensure_config()
+        build.ensure_binaries(cfg.kube_version, progress=progress)
+        from akidb_embed.devcluster import pki
+
+        pki.ensure_pki(self.pki_dir, ["127.0.0.1", KUBERNETES_SERVICE_IP])
+        self._write_kubeconfig(self.kubeconfig, cfg, "admin")
+        for who in ("controller-manager", "scheduler"):
+            self._write_kubeconfig(self.state_dir / "kubeconfig" / f"{who}.kubeconfig", cfg, who)
+
+        progress(f"bringing up the local cluster in {self.state_dir} ...")
+        self._start("etcd", cfg, progress)
+        self._wait("etcd", "etcd", lambda: self._etcd_healthy(cfg), 60)
+        self._start("kube-apiserver", cfg, progress)
+        self._wait(
+            "the API server's /readyz",
+            "kube-apiserver",
+            lambda: self.api_get("/readyz")[0] == 200,
+            timeout_s,
+        )
+        for component in ("kube-controller-manager", "kube-scheduler", "node-agent"):
+            self._start(component, cfg, progress)
+        self._wait(
+            f"node {cfg.node_name} to be Ready", "node-agent", lambda: bool(self.node_ready()), 90
+        )
+        # Pods need the namespace's default ServiceAccount (made by the controller-manager).
+        self._wait(
+            "the default ServiceAccount",
+            "kube-controller-manager",
+            lambda: self.api_get("/api/v1/namespaces/default/serviceaccounts/default")[0] == 200,
+            90,
+        )
+        progress(f"cluster up in {time.monotonic() - started:.1f}s: {cfg.server}")
+        progress(f"  export KUBECONFIG={self.kubeconfig}")
+        return self.status()
+
+    def down(self, progress: Progress = _stderr, purge: bool = False) -> None:
+        """Stop every process this cluster started (pod processes included)."""
+        for component in reversed(COMPONENTS):
+            rec = self._record(component)
+            if rec is not None and procs.stop(rec, grace_s=20 if component == "node-agent" else 10):
+                progress(f"  stopped {component} (pid {rec.pid})")
+            self.pid_path(component).unlink(missing_ok=True)
+        # Pod processes the agent could not stop (e.g. it was killed with SIGKILL).
+        from akidb_embed.devcluster.agent_state import stop_recorded_pod_processes
+
+        for line in stop_recorded_pod_processes(self.agent_dir):
+            progress(f"  {line}")
+        if purge and self.state_dir.exists():
+            shutil.rmtree(self.state_dir)
+            progress(f"  removed {self.state_dir}")
+
+    def status(self) -> ClusterStatus:
+        components = []
+        for name in COMPONENTS:
+            rec = self._running(name)
+            components.append(
+                ComponentStatus(
+                    name, rec is not None, rec.pid if rec else None, self.log_path(name)
+                )
+            )
+        cfg = ClusterConfig.load(self.config_path) if self.config_path.exists() else None
+        ready = bool(cfg) and self.api_get("/readyz", timeout_s=2)[0] == 200
+        return ClusterStatus(
+            state_dir=self.state_dir,
+            server=cfg.server if cfg else None,
+            kubeconfig=self.kubeconfig,
+            components=components,
+            ready=ready,
+            node_name=cfg.node_name if cfg else self._node_name,
+            node_ready=self.node_ready() if ready else None,
+        )
+
+    def env(self) -> dict[str, str]:
+        """Environment for clients (kubectl, kopf, kubernetes-asyncio) of this cluster."""
+        return {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+
+
+def _tail(path: Path, lines: int = 20) -> str:
+    with contextlib.suppress(OSError):
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    return "(no log)"
+
+
+def kubectl_path(version: str = build.KUBE_VERSION) -> Path:
+    return build.kubectl_path(version)

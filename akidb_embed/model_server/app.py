@@ -1,0 +1,584 @@
+"""The model server's HTTP application (aiohttp).
+
+Handlers parse (``api.py``) and delegate to ``ModelServer.embed`` (tokenize -> batcher
+-> post-process). ``ModelServer`` also owns the lifecycle: loading (``/readyz`` 503),
+ready, draining after SIGTERM (``/readyz`` and new work 503, in-flight work finishes).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import platform
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from aiohttp import web
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+from akidb_embed import __version__
+from akidb_embed.model_server.api import (
+    ApiError,
+    EmbedRequest,
+    Limits,
+    encode_base64,
+    parse_json,
+    parse_native,
+    parse_openai,
+)
+from akidb_embed.model_server.batcher import (
+    Batcher,
+    BatcherClosedError,
+    BatchStats,
+    QueueFullError,
+)
+from akidb_embed.model_server.engine import Engine, TextTooLongError
+from akidb_embed.model_server.pooling import truncate_dims
+
+log = logging.getLogger("akidb_embed.model_server")
+
+EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings"})
+# Texts with fewer characters than this are tokenized on the event loop; larger
+# requests go to a tokenizer thread so one big request does not stall the others.
+INLINE_TOKENIZE_CHARS = 8192
+
+
+@dataclass
+class ServerSettings:
+    max_batch_size: int = 32
+    max_batch_tokens: int = 16384
+    max_texts_per_request: int = 2048
+    max_queue_texts: int = 8192
+    max_body_bytes: int = 16 * 1024 * 1024
+    drain_timeout: float = 30.0
+    retry_after_s: int = 1
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter(
+            "akidb_model_server_requests",
+            "HTTP requests by endpoint and status",
+            ["endpoint", "status"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "akidb_model_server_request_seconds",
+            "HTTP request latency",
+            ["endpoint"],
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+            registry=r,
+        )
+        self.queue_depth = Gauge(
+            "akidb_model_server_queue_depth", "texts waiting for a batch", registry=r
+        )
+        self.in_flight = Gauge(
+            "akidb_model_server_in_flight_requests", "embedding requests in progress", registry=r
+        )
+        self.batch_size = Histogram(
+            "akidb_model_server_batch_size",
+            "texts per ONNX Runtime run",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.tokens = Counter("akidb_model_server_tokens", "prompt tokens embedded", registry=r)
+        self.padded_tokens = Counter(
+            "akidb_model_server_padded_tokens",
+            "tokens fed to the model including padding",
+            registry=r,
+        )
+        self.inference = Histogram(
+            "akidb_model_server_inference_seconds",
+            "time of one ONNX Runtime run (padding, run, pooling)",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5),
+            registry=r,
+        )
+        self.ready = Gauge("akidb_model_server_ready", "1 when serving", registry=r)
+        self.info = Gauge(
+            "akidb_model_server_model_info",
+            "the served model",
+            ["model", "precision", "provider"],
+            registry=r,
+        )
+
+    def on_batch(self, texts: int, tokens: int, padded: int, seconds: float) -> None:
+        self.batch_size.observe(texts)
+        self.tokens.inc(tokens)
+        self.padded_tokens.inc(padded)
+        self.inference.observe(seconds)
+
+
+@dataclass
+class EmbedResult:
+    embeddings: npt.NDArray[np.float32]
+    prompt_tokens: int
+
+
+class ModelServer:
+    """State shared by the handlers: engine, batcher, metrics, lifecycle."""
+
+    def __init__(
+        self,
+        settings: ServerSettings | None = None,
+        engine: Engine | None = None,
+        loader: Callable[[], Engine] | None = None,
+    ) -> None:
+        if engine is None and loader is None:
+            raise ValueError("give an engine or a loader")
+        self.settings = settings or ServerSettings()
+        self.engine = engine
+        self._loader = loader
+        self.metrics = Metrics()
+        self.state = "loading"
+        self.failure: str | None = None
+        self.batcher: Batcher | None = None
+        self._in_flight = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._tokenize_pool: ThreadPoolExecutor | None = None
+        self.started = time.time()
+        self.loaded = asyncio.Event()
+
+    # -- lifecycle -----------------------------------------------------------------
+
+    async def load(self) -> None:
+        """Load (unless given an engine), warm up, start batching, turn ready.
+
+        On failure the state becomes "failed" and the exception propagates.
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            if self.engine is None:
+                assert self._loader is not None
+                self.engine = await loop.run_in_executor(None, self._loader)
+                log.info(
+                    "loaded %s from %s in %.2fs",
+                    self.engine.name,
+                    self.engine.artifact_dir,
+                    self.engine.load_seconds,
+                )
+            engine = self.engine
+            if not engine.warmed:
+                await loop.run_in_executor(None, engine.warmup, self.settings.max_batch_size)
+                log.info("warm-up took %.2fs", engine.warmup_seconds)
+        except Exception as exc:
+            self.state = "failed"
+            self.failure = str(exc)
+            self.loaded.set()
+            raise
+        s = self.settings
+        self.batcher = Batcher(
+            engine.run,
+            max_batch_size=s.max_batch_size,
+            max_batch_tokens=s.max_batch_tokens,
+            max_queue_texts=s.max_queue_texts,
+            stats=BatchStats(on_batch=self.metrics.on_batch, on_queue=self.metrics.queue_depth.set),
+        )
+        self.batcher.start()
+        self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="akidb-tok")
+        self.metrics.info.labels(engine.name, engine.manifest.precision, engine.providers[0]).set(1)
+        if self.state == "loading":
+            self.state = "ready"
+            self.metrics.ready.set(1)
+        log.info(
+            "ready: model %s, provider %s, dimension %d",
+            engine.name,
+            engine.providers[0],
+            engine.dimension,
+        )
+        self.loaded.set()
+
+    def begin_drain(self) -> None:
+        if self.state != "draining":
+            log.info("draining: %d requests in flight", self._in_flight)
+        self.state = "draining"
+        self.metrics.ready.set(0)
+
+    async def wait_idle(self, timeout: float | None = None) -> bool:
+        """True when no embedding request is in flight (within ``timeout``)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            return False
+        return True
+
+    async def close(self) -> None:
+        if self.batcher is not None:
+            await self.batcher.close()
+        if self._tokenize_pool is not None:
+            self._tokenize_pool.shutdown(wait=False)
+
+    @property
+    def in_flight(self) -> int:
+        return self._in_flight
+
+    # -- work ----------------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        engine = self._require_engine()
+        names = [engine.name]
+        for alias in (engine.manifest.name, engine.manifest.source):
+            if alias and alias not in names:
+                names.append(alias)
+        return Limits(
+            max_texts_per_request=self.settings.max_texts_per_request,
+            dimensions=engine.manifest.allowed_dimensions(),
+            model_names=names,
+        )
+
+    def _require_engine(self) -> Engine:
+        if self.state == "draining":
+            raise self._unavailable("server is shutting down; retry on another replica")
+        if self.state == "failed":
+            raise ApiError(503, "unavailable", f"model failed to load: {self.failure}")
+        if self.engine is None or self.state != "ready":
+            raise self._unavailable("model is loading; retry shortly")
+        return self.engine
+
+    def _unavailable(self, message: str, type_: str = "unavailable") -> ApiError:
+        return ApiError(
+            503, type_, message, headers={"Retry-After": str(self.settings.retry_after_s)}
+        )
+
+    async def embed(self, req: EmbedRequest) -> EmbedResult:
+        engine = self._require_engine()
+        assert self.batcher is not None
+        self._in_flight += 1
+        self._idle.clear()
+        self.metrics.in_flight.inc()
+        try:
+            if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
+                seqs = engine.tokenize(req.texts, req.input_type, req.truncate)
+            else:
+                loop = asyncio.get_running_loop()
+                seqs = await loop.run_in_executor(
+                    self._tokenize_pool, engine.tokenize, req.texts, req.input_type, req.truncate
+                )
+            try:
+                pooled = await self.batcher.submit(seqs)
+            except QueueFullError as exc:
+                raise self._unavailable(str(exc), "overloaded") from exc
+            except BatcherClosedError as exc:
+                raise self._unavailable(str(exc)) from exc
+        except TextTooLongError as exc:
+            raise ApiError(400, "invalid_request_error", str(exc), "text_too_long") from exc
+        finally:
+            self._in_flight -= 1
+            self.metrics.in_flight.dec()
+            if self._in_flight == 0:
+                self._idle.set()
+        normalize = engine.manifest.normalize if req.normalize is None else req.normalize
+        out = truncate_dims(pooled, req.dimensions, normalize)
+        return EmbedResult(out, int(sum(len(s) for s in seqs)))
+
+    def info(self) -> dict[str, Any]:
+        import onnxruntime
+        import tokenizers
+
+        engine = self.engine
+        data: dict[str, Any] = {
+            "state": self.state,
+            "model": None if engine is None else engine.summary(),
+            "batching": asdict(self.settings),
+            "uptime_s": round(time.time() - self.started, 3),
+            "versions": {
+                "akidb_embed": __version__,
+                "onnxruntime": onnxruntime.__version__,
+                "tokenizers": tokenizers.__version__,
+                "numpy": np.__version__,
+                "aiohttp": _aiohttp_version(),
+                "python": platform.python_version(),
+            },
+        }
+        if engine is not None:
+            choice = engine.provider_choice
+            data["providers"] = {
+                "in_use": engine.providers,
+                "requested": choice.requested,
+                "available": choice.available,
+                "notes": choice.notes,
+            }
+            data["load_s"] = round(engine.load_seconds, 3)
+            data["warmup_s"] = round(engine.warmup_seconds, 3)
+        if self.failure:
+            data["failure"] = self.failure
+        return data
+
+
+def _aiohttp_version() -> str:
+    import aiohttp
+
+    return aiohttp.__version__
+
+
+# -- HTTP ----------------------------------------------------------------------------
+
+SERVER_KEY = web.AppKey("model_server", ModelServer)
+
+
+def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":")).encode(),
+        status=status,
+        headers=headers,
+        content_type="application/json",
+    )
+
+
+def _error(exc: ApiError) -> web.Response:
+    return _json(exc.body(), exc.status, exc.headers)
+
+
+_HTTP_ERROR_TYPES = {
+    404: "not_found_error",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+}
+
+
+@web.middleware
+async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+    server = request.app[SERVER_KEY]
+    resource = request.match_info.route.resource
+    endpoint = resource.canonical if resource is not None else "unmatched"
+    t0 = time.perf_counter()
+    try:
+        response = await handler(request)
+    except ApiError as exc:
+        response = _error(exc)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        message = exc.text or exc.reason
+        if exc.status == 413:
+            message = (
+                f"request body is larger than the limit of {server.settings.max_body_bytes} bytes"
+            )
+        elif exc.status == 404:
+            message = f"no endpoint {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} is not allowed on {request.path}"
+        response = _json(
+            {
+                "error": {
+                    "type": _HTTP_ERROR_TYPES.get(exc.status, "http_error"),
+                    "message": message,
+                }
+            },
+            exc.status,
+        )
+    except Exception:
+        log.exception("unhandled error on %s %s", request.method, request.path)
+        response = _json(
+            {"error": {"type": "internal_error", "message": "internal server error"}}, 500
+        )
+    if endpoint != "unmatched":
+        server.metrics.requests.labels(endpoint, str(response.status)).inc()
+        server.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+    return response
+
+
+async def _read_json(request: web.Request) -> dict[str, Any]:
+    return parse_json(await request.read())
+
+
+async def handle_embed(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    data = await _read_json(request)
+    req = parse_native(data, server.limits())
+    result = await server.embed(req)
+    engine = server.engine
+    assert engine is not None
+    return _json(
+        {
+            "model": engine.name,
+            "dimension": int(result.embeddings.shape[1]),
+            "embeddings": result.embeddings.tolist(),
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
+async def handle_openai(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    data = await _read_json(request)
+    req = parse_openai(data, server.limits())
+    result = await server.embed(req)
+    engine = server.engine
+    assert engine is not None
+    if req.encoding_format == "base64":
+        vectors: list[Any] = [encode_base64(v) for v in result.embeddings]
+    else:
+        vectors = result.embeddings.tolist()
+    return _json(
+        {
+            "object": "list",
+            "data": [
+                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
+            ],
+            "model": engine.name,
+            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
+        }
+    )
+
+
+async def handle_models(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    engine = server.engine
+    models = []
+    if engine is not None:
+        models.append(
+            {
+                "id": engine.name,
+                "object": "model",
+                "created": int(server.started),
+                "owned_by": "akidb-embed",
+                "dimension": engine.dimension,
+                "dimensions": engine.manifest.allowed_dimensions(),
+                "max_length": engine.max_length,
+                "ready": server.state == "ready",
+            }
+        )
+    return _json({"object": "list", "data": models})
+
+
+async def handle_healthz(request: web.Request) -> web.Response:
+    return _json({"status": "ok"})
+
+
+async def handle_readyz(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    if server.state == "ready":
+        return _json({"status": "ready"})
+    body: dict[str, Any] = {"status": server.state}
+    if server.failure:
+        body["message"] = server.failure
+    return _json(body, 503, {"Retry-After": str(server.settings.retry_after_s)})
+
+
+async def handle_metrics(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    if server.batcher is not None:
+        server.metrics.queue_depth.set(server.batcher.waiting)
+    return web.Response(
+        body=generate_latest(server.metrics.registry),
+        headers={"Content-Type": CONTENT_TYPE_LATEST},
+    )
+
+
+async def handle_info(request: web.Request) -> web.Response:
+    return _json(request.app[SERVER_KEY].info())
+
+
+def create_app(server: ModelServer, load_on_startup: bool = True) -> web.Application:
+    """The aiohttp application for ``server``.
+
+    With ``load_on_startup`` the app loads (or, given an engine, warms) the model in
+    the background when it starts; ``/readyz`` answers 503 until that is done.
+    """
+    app = web.Application(client_max_size=server.settings.max_body_bytes, middlewares=[_middleware])
+    app[SERVER_KEY] = server
+    app.router.add_post("/embed", handle_embed)
+    app.router.add_post("/v1/embeddings", handle_openai)
+    app.router.add_get("/v1/models", handle_models)
+    app.router.add_get("/healthz", handle_healthz)
+    app.router.add_get("/readyz", handle_readyz)
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/info", handle_info)
+
+    async def on_startup(app: web.Application) -> None:
+        if load_on_startup:
+            task = asyncio.get_running_loop().create_task(_load_logged(server))
+            app[_LOAD_TASK] = task
+
+    async def on_cleanup(app: web.Application) -> None:
+        task = app.get(_LOAD_TASK)
+        if task is not None and not task.done():
+            task.cancel()
+        await server.close()
+
+    app.on_startup.append(on_startup)
+    app.on_cleanup.append(on_cleanup)
+    return app
+
+
+_LOAD_TASK = web.AppKey("load_task", asyncio.Task)
+
+
+async def _load_logged(server: ModelServer) -> None:
+    try:
+        await server.load()
+    except Exception as exc:
+        log.error("model failed to load: %s", exc)
+
+
+# -- running -------------------------------------------------------------------------
+
+
+async def serve(
+    server: ModelServer,
+    host: str,
+    port: int,
+    stop: asyncio.Event,
+    access_log: bool = False,
+    on_listening: Callable[[int], None] | None = None,
+) -> int:
+    """Serve until ``stop`` is set or loading fails; drain; return the exit code.
+
+    Exit code 0 after a drain, 1 when the model failed to load.
+    """
+    app = create_app(server, load_on_startup=False)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log=logging.getLogger("aiohttp.access") if access_log else None,
+    )
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    sockets = [s for s in getattr(site._server, "sockets", []) or []]
+    bound = sockets[0].getsockname()[1] if sockets else port
+    log.info("listening on http://%s:%d", host, bound)
+    if on_listening:
+        on_listening(bound)
+    load = asyncio.get_running_loop().create_task(server.load())
+    stopper = asyncio.get_running_loop().create_task(stop.wait())
+    try:
+        await asyncio.wait({load, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        if load.done() and load.exception() is not None:
+            print(f"akidb-embed serve: {load.exception()}", file=sys.stderr)
+            return 1
+        await stopper
+        server.begin_drain()
+        t0 = time.perf_counter()
+        drained = await server.wait_idle(server.settings.drain_timeout)
+        if drained:
+            log.info("drained in %.2fs", time.perf_counter() - t0)
+        else:
+            log.warning(
+                "drain timeout %.0fs passed with %d requests in flight; stopping",
+                server.settings.drain_timeout,
+                server.in_flight,
+            )
+        return 0
+    finally:
+        for task in (load, stopper):
+            if not task.done():
+                task.cancel()
+        await runner.cleanup()

@@ -1,0 +1,355 @@
+"""The inference engine: one converted artifact, an ONNX Runtime session, a tokenizer.
+
+The engine is synchronous and thread-compatible in the way the batcher uses it:
+``tokenize`` runs on the event loop (or any thread), ``run`` runs on one inference
+thread at a time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from akidb_embed.artifact import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ArtifactError,
+    ArtifactManifest,
+    verify_files,
+)
+from akidb_embed.model_server.pooling import POOLING_MODES, pool
+
+log = logging.getLogger("akidb_embed.model_server")
+
+PROVIDER_ALIASES: dict[str, str] = {
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "cpu": "CPUExecutionProvider",
+}
+CPU = "CPUExecutionProvider"
+INPUT_TYPES: tuple[str, ...] = ("query", "document")
+
+
+class TextTooLongError(ValueError):
+    """A text is longer than the model's limit and the caller asked not to truncate."""
+
+    def __init__(self, index: int, tokens: int, limit: int) -> None:
+        super().__init__(
+            f"text {index} has {tokens} tokens, more than this model's limit of {limit} "
+            "tokens; shorten it or send truncate: true"
+        )
+        self.index = index
+        self.tokens = tokens
+        self.limit = limit
+
+
+def provider_name(name: str) -> str:
+    """'TensorRT' / 'cuda' / 'CPUExecutionProvider' -> the ONNX Runtime provider name."""
+    key = name.strip()
+    return PROVIDER_ALIASES.get(key.lower(), key)
+
+
+def parse_providers(spec: str | Sequence[str]) -> list[str]:
+    items = spec.split(",") if isinstance(spec, str) else list(spec)
+    out: list[str] = []
+    for item in items:
+        if item.strip():
+            name = provider_name(item)
+            if name not in out:
+                out.append(name)
+    if not out:
+        raise ValueError("no execution providers given")
+    return out
+
+
+@dataclass
+class ProviderChoice:
+    requested: list[str]
+    available: list[str]
+    selected: list[str]  # what we pass to the session, in order
+    notes: list[str] = field(default_factory=list)  # why something was skipped
+
+
+def choose_providers(requested: Sequence[str], available: Sequence[str]) -> ProviderChoice:
+    """Keep the requested providers this onnxruntime build has, in order; CPU last resort."""
+    choice = ProviderChoice(list(requested), list(available), [])
+    for name in requested:
+        if name in available:
+            choice.selected.append(name)
+        else:
+            choice.notes.append(
+                f"{name} not available in this onnxruntime build (available: {list(available)})"
+            )
+    if CPU not in choice.selected:
+        choice.selected.append(CPU)
+        if CPU not in requested:
+            choice.notes.append(f"{CPU} added as the last resort")
+    return choice
+
+
+@dataclass
+class Batch:
+    """Padded model inputs for a list of token-id sequences."""
+
+    input_ids: npt.NDArray[np.int64]
+    attention_mask: npt.NDArray[np.int64]
+
+    @property
+    def padded_tokens(self) -> int:
+        return int(self.input_ids.size)
+
+
+class Engine:
+    """Loads an artifact directory and turns token ids into pooled embeddings."""
+
+    def __init__(
+        self,
+        artifact_dir: str | os.PathLike[str],
+        providers: str | Sequence[str] = ("CPU",),
+        threads: int = 0,
+        name: str | None = None,
+        verify: bool = True,
+        max_batch_size: int = 32,
+    ) -> None:
+        t0 = time.perf_counter()
+        self.artifact_dir = Path(artifact_dir)
+        self.manifest = ArtifactManifest.load(self.artifact_dir)
+        m = self.manifest
+        if m.pooling not in POOLING_MODES:
+            raise ArtifactError(
+                f"manifest pooling {m.pooling!r} is not one of {', '.join(POOLING_MODES)}"
+            )
+        if m.padding_side not in ("left", "right"):
+            raise ArtifactError(f"manifest padding_side {m.padding_side!r} must be left or right")
+        for required in (MODEL_FILE, TOKENIZER_FILE):
+            if not (self.artifact_dir / required).is_file():
+                raise ArtifactError(f"artifact file {self.artifact_dir / required} is missing")
+        if verify:
+            verify_files(self.artifact_dir, m)
+        self.name = name or m.name
+        self.max_length = int(m.max_length)
+        self.left_pad = m.padding_side == "left"
+        self._load_tokenizers()
+        self._load_session(parse_providers(providers), threads, max_batch_size)
+        self.load_seconds = time.perf_counter() - t0
+        self.warmup_seconds = 0.0
+        self.warmed = False
+
+    # -- loading -------------------------------------------------------------------
+
+    def _load_tokenizers(self) -> None:
+        from tokenizers import Tokenizer
+
+        path = self.artifact_dir / TOKENIZER_FILE
+        try:
+            self._tok = Tokenizer.from_file(str(path))
+            self._tok_full = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises plain Exception
+            raise ArtifactError(f"{path} is not a valid tokenizer: {exc}") from exc
+        for tok in (self._tok, self._tok_full):
+            tok.no_padding()
+        self._tok.enable_truncation(self.max_length)
+        self._tok_full.no_truncation()
+        self.pad_id = self._find_pad_id()
+
+    def _find_pad_id(self) -> int:
+        padding = self._tok_full.padding
+        if padding and padding.get("pad_id") is not None:
+            return int(padding["pad_id"])
+        for token in ("[PAD]", "<pad>", "<|endoftext|>", "</s>"):
+            tid = self._tok_full.token_to_id(token)
+            if tid is not None:
+                return int(tid)
+        return 0
+
+    def _load_session(self, requested: list[str], threads: int, max_batch_size: int) -> None:
+        import onnxruntime as ort
+
+        model_path = self.artifact_dir / MODEL_FILE
+        choice = choose_providers(requested, ort.get_available_providers())
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.enable_mem_pattern = True
+        so.enable_cpu_mem_arena = True
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.intra_op_num_threads = max(0, int(threads))
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        provider_args: list[tuple[str, dict[str, Any]] | str] = []
+        for name in choice.selected:
+            if name == "TensorrtExecutionProvider":
+                provider_args.append((name, self._trt_options(max_batch_size)))
+            else:
+                provider_args.append(name)
+        try:
+            self.session = ort.InferenceSession(str(model_path), so, providers=provider_args)
+        except Exception as exc:
+            raise ArtifactError(f"{model_path} could not be loaded by ONNX Runtime: {exc}") from exc
+        active = list(self.session.get_providers())
+        for name in choice.selected:
+            if name not in active:
+                choice.notes.append(f"{name} failed to initialise (see onnxruntime log)")
+        self.providers = active
+        self.provider_choice = choice
+        for note in choice.notes:
+            log.warning("%s; falling back to %s", note, active[0])
+        log.info("execution providers in use: %s (requested %s)", active, requested)
+        names = {i.name for i in self.session.get_inputs()}
+        expected = set(self.manifest.inputs)
+        if not {"input_ids", "attention_mask"} <= names:
+            raise ArtifactError(
+                f"{model_path} inputs {sorted(names)} lack input_ids/attention_mask"
+            )
+        if expected and not expected <= names:
+            raise ArtifactError(
+                f"manifest inputs {sorted(expected)} do not match the graph's {sorted(names)}"
+            )
+        self.input_names = names
+        outputs = [o.name for o in self.session.get_outputs()]
+        if self.manifest.output not in outputs:
+            raise ArtifactError(
+                f"manifest output {self.manifest.output!r} is not a graph output {outputs}"
+            )
+        self.output_name = self.manifest.output
+
+    def _trt_options(self, max_batch_size: int) -> dict[str, Any]:
+        cache = self.artifact_dir / "trt-cache"
+        try:
+            cache.mkdir(exist_ok=True)
+            if not os.access(cache, os.W_OK):
+                raise OSError("not writable")
+        except OSError as exc:
+            fallback = Path(tempfile.gettempdir()) / "akidb-trt-cache" / self.manifest.key
+            fallback.mkdir(parents=True, exist_ok=True)
+            log.warning("TensorRT engine cache %s unusable (%s); using %s", cache, exc, fallback)
+            cache = fallback
+        inputs = [n for n in self.manifest.inputs] or ["input_ids", "attention_mask"]
+        maxb, maxl = max(1, max_batch_size), self.max_length
+        optl = min(maxl, 128)
+
+        def shapes(b: int, s: int) -> str:
+            return ",".join(f"{n}:{b}x{s}" for n in inputs)
+
+        opts: dict[str, Any] = {
+            "trt_engine_cache_enable": True,
+            "trt_engine_cache_path": str(cache),
+            "trt_timing_cache_enable": True,
+            "trt_timing_cache_path": str(cache),
+            "trt_fp16_enable": self.manifest.precision == "fp16",
+            "trt_profile_min_shapes": shapes(1, 1),
+            "trt_profile_opt_shapes": shapes(maxb, optl),
+            "trt_profile_max_shapes": shapes(maxb, maxl),
+        }
+        return opts
+
+    # -- tokenization --------------------------------------------------------------
+
+    def prefix(self, input_type: str | None) -> str:
+        if input_type == "query":
+            return self.manifest.query_prefix
+        if input_type == "document":
+            return self.manifest.document_prefix
+        return ""
+
+    def tokenize(
+        self, texts: Sequence[str], input_type: str | None = None, truncate: bool = True
+    ) -> list[npt.NDArray[np.int64]]:
+        """Token ids per text (special tokens added, prefix applied, truncated if asked)."""
+        prefix = self.prefix(input_type)
+        texts = [prefix + t for t in texts] if prefix else list(texts)
+        tok = self._tok if truncate else self._tok_full
+        encs = tok.encode_batch(texts) if len(texts) > 1 else [tok.encode(texts[0])]
+        out = [np.asarray(e.ids, dtype=np.int64) for e in encs]
+        if not truncate:
+            for i, ids in enumerate(out):
+                if len(ids) > self.max_length:
+                    raise TextTooLongError(i, len(ids), self.max_length)
+        return out
+
+    # -- inference -----------------------------------------------------------------
+
+    def pad(self, seqs: Sequence[npt.NDArray[np.int64]]) -> Batch:
+        n = len(seqs)
+        longest = max(len(s) for s in seqs)
+        ids = np.full((n, longest), self.pad_id, dtype=np.int64)
+        mask = np.zeros((n, longest), dtype=np.int64)
+        for i, s in enumerate(seqs):
+            k = len(s)
+            if self.left_pad:
+                ids[i, longest - k :] = s
+                mask[i, longest - k :] = 1
+            else:
+                ids[i, :k] = s
+                mask[i, :k] = 1
+        return Batch(ids, mask)
+
+    def run(self, seqs: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
+        """Pooled (not normalized) embeddings [len(seqs), dimension] for one ORT run."""
+        batch = self.pad(seqs)
+        feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.input_names:
+            feed["token_type_ids"] = np.zeros_like(batch.input_ids)
+        (hidden,) = self.session.run([self.output_name], feed)
+        return pool(hidden, batch.attention_mask, self.manifest.pooling)
+
+    def embed(
+        self,
+        texts: Sequence[str],
+        input_type: str | None = None,
+        normalize: bool | None = None,
+        dimensions: int | None = None,
+        truncate: bool = True,
+    ) -> npt.NDArray[np.float32]:
+        """Synchronous convenience: tokenize, run as one batch, post-process."""
+        from akidb_embed.model_server.pooling import truncate_dims
+
+        pooled = self.run(self.tokenize(texts, input_type, truncate))
+        norm = self.manifest.normalize if normalize is None else normalize
+        return truncate_dims(pooled, dimensions, norm)
+
+    def warmup(self, batch_size: int = 8) -> float:
+        """Run a few batches so lazy allocations (and TensorRT engines) happen now."""
+        t0 = time.perf_counter()
+        short = "warm up"
+        longer = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
+        self.run(self.tokenize([short]))
+        self.run(self.tokenize([short, longer] * max(1, batch_size // 2)))
+        self.warmup_seconds = time.perf_counter() - t0
+        self.warmed = True
+        return self.warmup_seconds
+
+    @property
+    def dimension(self) -> int:
+        return int(self.manifest.dimension)
+
+    def summary(self) -> dict[str, Any]:
+        m = self.manifest
+        return {
+            "name": self.name,
+            "family": m.family,
+            "architecture": m.architecture,
+            "source": m.source,
+            "revision": m.revision,
+            "key": m.key,
+            "precision": m.precision,
+            "pooling": m.pooling,
+            "padding_side": m.padding_side,
+            "normalize": m.normalize,
+            "dimension": m.dimension,
+            "dimensions": m.allowed_dimensions(),
+            "max_length": m.max_length,
+            "query_prefix": m.query_prefix,
+            "document_prefix": m.document_prefix,
+            "parity": None if m.parity is None else vars(m.parity),
+            "artifact_dir": str(self.artifact_dir),
+        }

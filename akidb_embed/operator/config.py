@@ -1,0 +1,145 @@
+"""Operator settings: command-line flags, each also read from an AKIDB_* variable."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from akidb_embed import k8s
+from akidb_embed.operator.placement import Limits
+from akidb_embed.operator.units import memory_bytes, parse_duration
+
+DEFAULT_HF_CACHE = "/var/lib/akidb/hf-cache"
+DEFAULT_IMAGE = "ghcr.io/akidb/akidb-embed-server:0.1.0"
+DEFAULT_PEERING = "akidb-operator"
+
+
+def parse_selector(text: str) -> dict[str, str]:
+    """'a=b,c=d' -> {'a': 'b', 'c': 'd'} (a node selector)."""
+    selector: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            raise ValueError(f"invalid node selector {part!r} (expected key=value)")
+        selector[key] = value
+    return selector
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    namespace: str = k8s.DEFAULT_NAMESPACE
+    capacity: int = 3
+    memory_budget: int | None = 24 * 2**30
+    min_residency: float = 30.0
+    model_store: str = k8s.DEFAULT_MODEL_STORE
+    hf_cache: str = DEFAULT_HF_CACHE
+    node_selector: dict[str, str] = field(
+        default_factory=lambda: {k8s.NODE_LABEL_ACCELERATOR: k8s.NODE_ACCELERATOR_VALUE}
+    )
+    server_image: str = DEFAULT_IMAGE
+    converter_image: str = DEFAULT_IMAGE
+    hf_offline: bool = False
+    tick: float = 5.0  # seconds between idle-timeout checks
+    peering: str = DEFAULT_PEERING
+    peering_priority: int | None = None  # None: newer replicas win (start time)
+    standalone: bool = False
+    liveness: str = "http://0.0.0.0:8081/healthz"
+    convert_timeout: int = 7200
+    convert_memory: str = "1Gi"
+    # Extra environment for model-server and conversion pods (e.g. a proxy, a token).
+    pod_env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(
+            capacity=self.capacity,
+            memory_budget=self.memory_budget,
+            min_residency=self.min_residency,
+        )
+
+
+def _env(name: str, default: str) -> str:
+    return os.environ.get(f"AKIDB_{name}", default)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    d = OperatorConfig()
+    add = parser.add_argument
+    add("--namespace", default=_env("NAMESPACE", d.namespace), help="namespace to manage")
+    add(
+        "--capacity",
+        type=int,
+        default=int(_env("CAPACITY", str(d.capacity))),
+        help="most model-server pods on the node, Terminating ones included (default 3)",
+    )
+    add(
+        "--memory-budget",
+        default=_env("MEMORY_BUDGET", "24Gi"),
+        help="memory for model pods on the node, a quantity; 'none' for no limit (24Gi)",
+    )
+    add(
+        "--min-residency",
+        default=_env("MIN_RESIDENCY", "30s"),
+        help="a model used this recently is not evicted for another (default 30s)",
+    )
+    add("--model-store", default=_env("MODEL_STORE", d.model_store), help="artifact store")
+    add("--hf-cache", default=_env("HF_CACHE", d.hf_cache), help="Hugging Face cache on node")
+    add(
+        "--node-selector",
+        default=_env("NODE_SELECTOR", f"{k8s.NODE_LABEL_ACCELERATOR}={k8s.NODE_ACCELERATOR_VALUE}"),
+        help="node selector of model and conversion pods (key=value[,key=value])",
+    )
+    add("--server-image", default=_env("SERVER_IMAGE", d.server_image))
+    add("--converter-image", default=_env("CONVERTER_IMAGE", d.converter_image))
+    add(
+        "--hf-offline",
+        action=argparse.BooleanOptionalAction,
+        default=_env("HF_OFFLINE", "0").lower() in ("1", "true", "yes"),
+        help="conversion jobs use only the node's Hugging Face cache (HF_HUB_OFFLINE=1)",
+    )
+    add("--tick", default=_env("TICK", "5s"), help="idle-timeout check interval (5s)")
+    add("--peering", default=_env("PEERING", d.peering), help="KopfPeering name")
+    add(
+        "--peering-priority",
+        type=int,
+        default=int(p) if (p := _env("PEERING_PRIORITY", "")) else None,
+        help="kopf peering priority (default: start time, so the newest replica acts)",
+    )
+    add(
+        "--standalone",
+        action=argparse.BooleanOptionalAction,
+        default=_env("STANDALONE", "0").lower() in ("1", "true", "yes"),
+        help="run without peering (development only)",
+    )
+    add("--liveness", default=_env("LIVENESS", d.liveness), help="kopf liveness endpoint")
+    add(
+        "--pod-env",
+        action="append",
+        default=[e for e in _env("POD_ENV", "").split(",") if e],
+        help="NAME=VALUE added to model-server and conversion pods (repeatable)",
+    )
+
+
+def from_args(args: argparse.Namespace) -> OperatorConfig:
+    budget_text = str(args.memory_budget).strip().lower()
+    return OperatorConfig(
+        namespace=args.namespace,
+        capacity=args.capacity,
+        memory_budget=None
+        if budget_text in ("", "none", "0")
+        else memory_bytes(args.memory_budget),
+        min_residency=parse_duration(args.min_residency),
+        model_store=args.model_store.rstrip("/") or "/",
+        hf_cache=args.hf_cache,
+        node_selector=parse_selector(args.node_selector),
+        server_image=args.server_image,
+        converter_image=args.converter_image,
+        hf_offline=args.hf_offline,
+        tick=parse_duration(args.tick),
+        peering=args.peering,
+        peering_priority=args.peering_priority,
+        standalone=args.standalone,
+        liveness=args.liveness,
+        pod_env=dict(item.split("=", 1) for item in args.pod_env if "=" in item),
+    )

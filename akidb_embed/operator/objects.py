@@ -1,0 +1,382 @@
+"""Kubernetes objects the operator creates, as plain dicts (no client, no I/O).
+
+The EmbeddingModel body in, a Deployment / Job / status patch out. Handlers send these
+to the API server as they are; tests compare them as data.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from akidb_embed import k8s
+from akidb_embed.artifact import artifact_key
+from akidb_embed.catalog import FAMILIES
+from akidb_embed.operator.config import OperatorConfig
+from akidb_embed.operator.placement import PENDING, desired_replicas
+
+Body = dict[str, Any]
+
+CONVERTER_APP = "akidb-converter"
+LABEL_ARTIFACT_KEY = f"{k8s.GROUP}/artifact-key"
+DEFAULT_REVISION = "main"
+MODEL_VOLUME = "models"
+HF_CACHE_VOLUME = "hf-cache"
+DEFAULT_PROVIDERS = ("TensorRT", "CUDA", "CPU")
+# Kubernetes object names used as label values must fit in 63 characters.
+_MAX_NAME = 63
+
+# Condition types.
+CONVERTED = "Converted"
+READY = "Ready"
+CAPACITY_EXHAUSTED = "CapacityExhausted"
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where a model comes from, as the conversion CLI and the artifact key take it."""
+
+    location: str  # hub repo id or absolute path on the node
+    revision: str
+    is_repo: bool
+
+
+def source_of(spec: Body) -> Source:
+    src = spec.get("source") or {}
+    if src.get("repo"):
+        return Source(src["repo"], src.get("revision") or DEFAULT_REVISION, True)
+    if src.get("path"):
+        return Source(src["path"], DEFAULT_REVISION, False)
+    raise ValueError("spec.source needs repo or path")
+
+
+def precision_of(spec: Body) -> str:
+    return str(spec.get("precision") or "fp32")
+
+
+def model_key(spec: Body) -> str:
+    """Artifact key of this spec: what the conversion Job writes and the server loads."""
+    src = source_of(spec)
+    return artifact_key(src.location, src.revision, precision_of(spec))
+
+
+def artifact_path(config: OperatorConfig, key: str) -> str:
+    return f"{config.model_store}/{key}"
+
+
+def _truncate(name: str, room: int) -> str:
+    return name[:room].rstrip("-.")
+
+
+def deployment_name(model: str) -> str:
+    return _truncate(f"model-{model}", _MAX_NAME)
+
+
+def conversion_job_name(model: str, key: str, generation: int) -> str:
+    """One Job per (spec generation, artifact key): editing the spec retries a failure."""
+    suffix = f"-{key[:8]}-g{generation}"
+    return _truncate(f"convert-{model}", _MAX_NAME - len(suffix)) + suffix
+
+
+def model_labels(model: str) -> dict[str, str]:
+    return {
+        k8s.LABEL_NAME: k8s.MODEL_SERVER_APP,
+        k8s.LABEL_PART_OF: k8s.PART_OF,
+        k8s.LABEL_MODEL: model,
+    }
+
+
+def owner_reference(body: Body) -> dict[str, Any]:
+    """Makes the garbage collector delete our objects with their EmbeddingModel."""
+    return {
+        "apiVersion": k8s.API_VERSION,
+        "kind": k8s.KIND,
+        "name": body["metadata"]["name"],
+        "uid": body["metadata"]["uid"],
+        "controller": True,
+        "blockOwnerDeletion": True,
+    }
+
+
+def _env_list(config: OperatorConfig, **extra: str) -> list[dict[str, Any]]:
+    merged = {**config.pod_env, **extra}
+    return [{"name": k, "value": v} for k, v in sorted(merged.items())]
+
+
+def _store_volume(config: OperatorConfig) -> dict[str, Any]:
+    return {
+        "name": MODEL_VOLUME,
+        "hostPath": {"path": config.model_store, "type": "DirectoryOrCreate"},
+    }
+
+
+def _resources(spec: Body) -> dict[str, Any]:
+    wanted = spec.get("resources") or {}
+    requests: dict[str, str] = {"memory": str(wanted.get("memory", "512Mi"))}
+    if wanted.get("cpu"):
+        requests["cpu"] = str(wanted["cpu"])
+    # Memory limit = request: the budget the placement counts is what the pod may use.
+    return {"requests": dict(requests), "limits": {"memory": requests["memory"]}}
+
+
+def server_command(body: Body, config: OperatorConfig) -> list[str]:
+    spec = body["spec"]
+    name = body["metadata"]["name"]
+    providers = spec.get("executionProviders") or list(DEFAULT_PROVIDERS)
+    return [
+        "akidb-embed",
+        "serve",
+        artifact_path(config, model_key(spec)),
+        "--host",
+        "$(POD_IP)",
+        "--port",
+        str(k8s.MODEL_SERVER_PORT),
+        "--name",
+        name,
+        "--providers",
+        ",".join(providers),
+        "--max-batch-size",
+        str(spec.get("maxBatchSize", 32)),
+        "--max-batch-tokens",
+        str(spec.get("maxBatchTokens", 16384)),
+    ]
+
+
+def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
+    """The model-server Deployment: 0 replicas in Standby, 1 when active."""
+    name = body["metadata"]["name"]
+    labels = model_labels(name)
+    probe_port = k8s.MODEL_SERVER_PORT_NAME
+    container = {
+        "name": "server",
+        "image": config.server_image,
+        "command": server_command(body, config),
+        "env": [
+            {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
+            *_env_list(config),
+        ],
+        "ports": [
+            {
+                "name": k8s.MODEL_SERVER_PORT_NAME,
+                "containerPort": k8s.MODEL_SERVER_PORT,
+                "protocol": "TCP",
+            }
+        ],
+        # Polled every second so a cold start is noticed as soon as the model is warm.
+        "readinessProbe": {
+            "httpGet": {"path": "/readyz", "port": probe_port},
+            "periodSeconds": 1,
+            "timeoutSeconds": 1,
+            "successThreshold": 1,
+            "failureThreshold": 2,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/healthz", "port": probe_port},
+            "periodSeconds": 10,
+            "timeoutSeconds": 2,
+            "failureThreshold": 6,
+        },
+        "resources": _resources(body["spec"]),
+        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": config.model_store, "readOnly": True}],
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {
+            "name": deployment_name(name),
+            "namespace": body["metadata"].get("namespace", config.namespace),
+            "labels": dict(labels),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            "replicas": replicas,
+            # Recreate: never a second pod of the same model next to the old one.
+            "strategy": {"type": "Recreate"},
+            "revisionHistoryLimit": 2,
+            "selector": {"matchLabels": dict(labels)},
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "nodeSelector": dict(config.node_selector),
+                    "terminationGracePeriodSeconds": 30,
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "containers": [container],
+                    "volumes": [_store_volume(config)],
+                },
+            },
+        },
+    }
+
+
+def convert_command(body: Body, config: OperatorConfig) -> list[str]:
+    spec = body["spec"]
+    src = source_of(spec)
+    command = [
+        "akidb-embed",
+        "convert",
+        src.location,
+        artifact_path(config, model_key(spec)),
+        "--name",
+        body["metadata"]["name"],
+        "--precision",
+        precision_of(spec),
+    ]
+    if src.is_repo:
+        command += ["--revision", src.revision]
+    if spec.get("family") in FAMILIES:
+        command += ["--family", spec["family"]]
+    if spec.get("maxLength"):
+        command += ["--max-length", str(spec["maxLength"])]
+    if spec.get("pooling"):
+        command += ["--pooling", spec["pooling"]]
+    if "normalize" in spec:
+        command.append("--normalize" if spec["normalize"] else "--no-normalize")
+    if spec.get("matryoshkaDimensions"):
+        command += [
+            "--matryoshka-dimensions",
+            ",".join(str(d) for d in spec["matryoshkaDimensions"]),
+        ]
+    if "TensorRT" in (spec.get("executionProviders") or DEFAULT_PROVIDERS):
+        command.append("--warm-tensorrt")
+    return command
+
+
+def conversion_job(body: Body, config: OperatorConfig) -> Body:
+    """A Job on the node that converts the checkpoint into the store (idempotent)."""
+    name = body["metadata"]["name"]
+    key = model_key(body["spec"])
+    generation = int(body["metadata"].get("generation", 1))
+    labels = {
+        k8s.LABEL_NAME: CONVERTER_APP,
+        k8s.LABEL_PART_OF: k8s.PART_OF,
+        k8s.LABEL_MODEL: name,
+        LABEL_ARTIFACT_KEY: key,
+    }
+    env = {"HF_HOME": config.hf_cache}
+    if config.hf_offline:
+        env["HF_HUB_OFFLINE"] = "1"
+    mounts: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "mountPath": config.model_store},
+        {"name": HF_CACHE_VOLUME, "mountPath": config.hf_cache},
+    ]
+    src = source_of(body["spec"])
+    volumes = [
+        _store_volume(config),
+        {
+            "name": HF_CACHE_VOLUME,
+            "hostPath": {"path": config.hf_cache, "type": "DirectoryOrCreate"},
+        },
+    ]
+    if not src.is_repo:
+        # A checkpoint on the node: mount it read-only at the same path.
+        mounts.append({"name": "source", "mountPath": src.location, "readOnly": True})
+        volumes.append({"name": "source", "hostPath": {"path": src.location}})
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": conversion_job_name(name, key, generation),
+            "namespace": body["metadata"].get("namespace", config.namespace),
+            "labels": dict(labels),
+            "ownerReferences": [owner_reference(body)],
+        },
+        "spec": {
+            # A failed conversion is reported, not retried in a loop: edit the spec to retry.
+            "backoffLimit": 0,
+            "activeDeadlineSeconds": config.convert_timeout,
+            "ttlSecondsAfterFinished": 86400,
+            "template": {
+                "metadata": {"labels": dict(labels)},
+                "spec": {
+                    "restartPolicy": "Never",
+                    "nodeSelector": dict(config.node_selector),
+                    "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "convert",
+                            "image": config.converter_image,
+                            "command": convert_command(body, config),
+                            "env": _env_list(config, **env),
+                            "resources": {"requests": {"memory": config.convert_memory}},
+                            "terminationMessagePolicy": "FallbackToLogsOnError",
+                            "volumeMounts": mounts,
+                        }
+                    ],
+                    "volumes": volumes,
+                },
+            },
+        },
+    }
+
+
+# Status ----------------------------------------------------------------------------------
+
+
+def condition(
+    type_: str, status: bool, reason: str, message: str, now: str, generation: int | None
+) -> dict[str, Any]:
+    cond: dict[str, Any] = {
+        "type": type_,
+        "status": "True" if status else "False",
+        "reason": reason,
+        "message": message,
+        "lastTransitionTime": now,
+    }
+    if generation is not None:
+        cond["observedGeneration"] = generation
+    return cond
+
+
+def merge_conditions(
+    existing: list[dict[str, Any]] | None, *updates: dict[str, Any]
+) -> list[dict[str, Any]]:
+    """Replace conditions by type, keeping lastTransitionTime when the status is unchanged."""
+    by_type = {c["type"]: dict(c) for c in existing or []}
+    for new in updates:
+        old = by_type.get(new["type"])
+        merged = dict(new)
+        if old is not None and old.get("status") == new["status"]:
+            merged["lastTransitionTime"] = old.get("lastTransitionTime", new["lastTransitionTime"])
+        by_type[new["type"]] = merged
+    return [by_type[t] for t in sorted(by_type)]
+
+
+def condition_is_true(status: Body, type_: str) -> bool:
+    return any(
+        c.get("type") == type_ and c.get("status") == "True" for c in status.get("conditions") or []
+    )
+
+
+def is_converted(body: Body) -> bool:
+    """Converted for the current spec: the artifact key matches and the condition holds."""
+    status = body.get("status") or {}
+    try:
+        key = model_key(body.get("spec") or {})
+    except ValueError:
+        return False
+    artifact = status.get("artifact") or {}
+    return artifact.get("key") == key and condition_is_true(status, CONVERTED)
+
+
+def phase_of(body: Body) -> str:
+    return str((body.get("status") or {}).get("phase") or PENDING)
+
+
+def replicas_for(body: Body) -> int:
+    return desired_replicas(phase_of(body))
+
+
+_LOG_NOISE = re.compile(r"\x1b\[[0-9;]*m")
+
+
+def failure_reason(text: str, limit: int = 1500) -> str:
+    """The useful tail of a conversion log or termination message for status.message."""
+    lines = [_LOG_NOISE.sub("", line).rstrip() for line in text.strip().splitlines()]
+    lines = [line for line in lines if line]
+    errors = [line for line in lines if "error" in line.lower()]
+    tail = "\n".join(errors[-3:] if errors else lines[-5:])
+    return tail[-limit:]

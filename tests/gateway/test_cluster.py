@@ -1,0 +1,260 @@
+"""The gateway against the real local Kubernetes control plane (`cluster` fixture).
+
+`test_discovery_and_demand_on_a_real_api_server` needs no operator: the test plays the
+operator (it starts the model pod when it sees `status.requestedAt`), so the gateway's
+watches, status merge patches and cold-start hold are exercised for real: a real
+gateway process (`akidb-embed gateway`), a real API server, a real model-server pod run
+by the local node agent.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from akidb_embed.k8s import LABEL_MODEL, LABEL_NAME, LABEL_PART_OF, MODEL_SERVER_APP, PART_OF
+from tests.gateway.test_real_servers import free_port
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def em_manifest(name: str, namespace: str, artifact: Path, dimension: int) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "akidb.io/v1alpha1",
+            "kind": "EmbeddingModel",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {
+                "source": {"path": str(artifact)},
+                "dimension": dimension,
+                "resources": {"memory": "256Mi"},
+            },
+        }
+    )
+
+
+def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path) -> str:
+    return json.dumps(
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {
+                "name": name,
+                "namespace": namespace,
+                "labels": {
+                    LABEL_NAME: MODEL_SERVER_APP,
+                    LABEL_PART_OF: PART_OF,
+                    LABEL_MODEL: model,
+                },
+            },
+            "spec": {
+                "terminationGracePeriodSeconds": 5,
+                "containers": [
+                    {
+                        "name": "server",
+                        "image": "unused",
+                        "command": [
+                            "akidb-embed",
+                            "serve",
+                            str(artifact),
+                            "--host",
+                            "$(POD_IP)",
+                            "--port",
+                            "8080",
+                            "--threads",
+                            "1",
+                            "--no-verify",
+                        ],
+                        "env": [
+                            {
+                                "name": "POD_IP",
+                                "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}},
+                            }
+                        ],
+                        "ports": [{"name": "http", "containerPort": 8080}],
+                        "readinessProbe": {
+                            "httpGet": {"path": "/readyz", "port": "http"},
+                            "periodSeconds": 10,  # slow on purpose: the gateway's probe wins
+                        },
+                    }
+                ],
+            },
+        }
+    )
+
+
+@pytest.fixture
+def gateway_process(cluster: Any, tmp_path: Path) -> Iterator[Any]:
+    procs: list[subprocess.Popen[bytes]] = []
+
+    def start(namespace: str, **flags: str) -> str:
+        port = free_port()
+        args = [
+            sys.executable,
+            "-m",
+            "akidb_embed",
+            "gateway",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--namespace",
+            namespace,
+        ]
+        for key, value in flags.items():
+            args += [f"--{key.replace('_', '-')}", value]
+        env = {**cluster.env, "PYTHONPATH": str(REPO)}
+        env.pop("KUBERNETES_SERVICE_HOST", None)
+        log = (tmp_path / f"gateway-{port}.log").open("wb")
+        procs.append(subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT))
+        return f"http://127.0.0.1:{port}"
+
+    yield start
+    for proc in procs:
+        if proc.poll() is None:
+            os.kill(proc.pid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+async def _wait(fn: Any, timeout: float, what: str) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await fn()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+async def test_discovery_and_demand_on_a_real_api_server(
+    cluster: Any, gateway_process: Any, tiny_bert_artifact: Path
+) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "embeddingmodel.yaml"))
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "embeddingmodels", "-A", check=False).returncode == 0,
+        30,
+        "the EmbeddingModel CRD",
+    )
+    ns = cluster.namespace("gw")
+    cluster.apply(em_manifest("tiny-bert", ns, tiny_bert_artifact, 32))
+    url = gateway_process(ns, recency_flush_interval="1s", cold_start_timeout="90s")
+
+    def em_status() -> dict[str, Any]:
+        return cluster.get_json("em", "tiny-bert", "-n", ns).get("status") or {}
+
+    async with aiohttp.ClientSession() as http:
+
+        async def ready() -> bool:
+            try:
+                async with http.get(url + "/readyz") as resp:
+                    return resp.status == 200
+            except aiohttp.ClientError:
+                return False
+
+        await _wait(ready, 60, "gateway /readyz")
+        async with http.get(url + "/api/v1/models") as resp:
+            models = (await resp.json())["models"]
+        assert [m["name"] for m in models] == ["tiny-bert"]
+        assert models[0]["ready_pods"] == 0
+
+        # A new EmbeddingModel shows up through the watch, no restart needed.
+        cluster.apply(em_manifest("other", ns, tiny_bert_artifact, 32))
+
+        async def two_models() -> bool:
+            async with http.get(url + "/v1/models") as resp:
+                return len((await resp.json())["data"]) == 2
+
+        await _wait(two_models, 15, "the second model in /v1/models")
+
+        # Cold: 10 concurrent requests -> one demand patch on the status subresource.
+        held = [
+            asyncio.create_task(
+                http.post(url + "/api/v1/embed", json={"model": "tiny-bert", "texts": [f"t{i}"]})
+            )
+            for i in range(10)
+        ]
+        status = await asyncio.to_thread(
+            cluster.wait_for, lambda: em_status().get("requestedAt"), 30, "status.requestedAt"
+        )
+        assert set(em_status()) == {"requestedAt"}  # the gateway writes nothing else
+        assert not any(t.done() for t in held)
+
+        # Play the operator: start the model pod.
+        cluster.apply(model_pod_manifest("tiny-bert-0", ns, "tiny-bert", tiny_bert_artifact))
+        responses = await asyncio.wait_for(asyncio.gather(*held), 120)
+        for resp in responses:
+            assert resp.status == 200, await resp.text()
+            assert resp.headers["X-Akidb-Pod"] == "tiny-bert-0"
+            assert float(resp.headers["X-Akidb-Cold-Start"]) > 0
+            body = await resp.json()
+            assert body["model"] == "tiny-bert" and len(body["embeddings"][0]) == 32
+        assert em_status()["requestedAt"] == status  # coalesced: marked once
+
+        # Warm now; recency is flushed to status.lastRequestTime (throttled).
+        async with http.post(
+            url + "/api/v1/embed", json={"model": "tiny-bert", "texts": ["w"]}
+        ) as r:
+            assert r.status == 200 and "X-Akidb-Cold-Start" not in r.headers
+        last = await asyncio.to_thread(
+            cluster.wait_for, lambda: em_status().get("lastRequestTime"), 15, "lastRequestTime"
+        )
+        assert last >= status
+
+        # The pod goes away: the gateway's view follows the watch.
+        cluster.kubectl("delete", "pod", "tiny-bert-0", "-n", ns, "--wait=true", timeout=60)
+
+        async def no_pods() -> bool:
+            async with http.get(url + "/api/v1/models") as resp:
+                data = await resp.json()
+            return all(m["ready_pods"] == 0 for m in data["models"])
+
+        await _wait(no_pods, 15, "ready_pods == 0 after the pod is deleted")
+
+        # A Failed model answers 503 with the operator's message.
+        cluster.kubectl(
+            "patch",
+            "em",
+            "other",
+            "-n",
+            ns,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            json.dumps(
+                {
+                    "status": {
+                        "phase": "Failed",
+                        "reason": "ConversionFailed",
+                        "message": "no such checkpoint",
+                    }
+                }
+            ),
+        )
+
+        async def failed() -> Any:
+            async with http.post(
+                url + "/api/v1/embed", json={"model": "other", "texts": ["x"]}
+            ) as r:
+                return (r.status, await r.json()) if r.status == 503 else None
+
+        _status, body = await _wait(failed, 15, "503 for the Failed model")
+        assert body["error"]["type"] == "model_failed"
+        assert "ConversionFailed" in body["error"]["message"]
+        assert "no such checkpoint" in body["error"]["message"]

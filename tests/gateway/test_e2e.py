@@ -1,0 +1,229 @@
+"""End to end on the local cluster: everything installed from crds/ and manifests/.
+
+Operator, 2 gateway replicas (as pods, with their own ServiceAccount: RBAC for real)
+and real model-server pods. Models point at pre-converted artifacts (`source.path`),
+so no conversion is waited for. The gateway is reached through its Service made a
+NodePort (what the local overlay should do; patched here if it does not yet).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import numpy as np
+import openai
+import pytest
+
+from akidb_embed.k8s import LABEL_MODEL, MODEL_SERVER_SELECTOR
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+REPO = Path(__file__).resolve().parents[2]
+NS = "akidb"
+NODE_PORT = 30080
+GATEWAY_SELECTOR = "app.kubernetes.io/name=akidb-gateway"
+
+
+@dataclass
+class Stack:
+    cluster: Any
+    url: str
+    models: dict[str, Path]
+
+    def pods(self, selector: str = MODEL_SERVER_SELECTOR) -> list[dict[str, Any]]:
+        return self.cluster.get_json("pods", "-n", NS, "-l", selector)["items"]
+
+    def model_pods(self, model: str) -> list[dict[str, Any]]:
+        return self.pods(f"{LABEL_MODEL}={model}")
+
+    def events(self, model: str, reason: str) -> int:
+        items = self.cluster.get_json(
+            "events",
+            "-n",
+            NS,
+            "--field-selector",
+            f"involvedObject.name={model},involvedObject.kind=EmbeddingModel,reason={reason}",
+        )["items"]
+        return sum(int(e.get("count") or 1) for e in items)
+
+
+def em(name: str, artifact: Path, dimension: int) -> dict[str, Any]:
+    return {
+        "apiVersion": "akidb.io/v1alpha1",
+        "kind": "EmbeddingModel",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "source": {"path": str(artifact)},
+            "dimension": dimension,
+            "executionProviders": ["CPU"],
+            "precision": "fp32",
+            "resources": {"memory": "256Mi"},
+        },
+    }
+
+
+@pytest.fixture(scope="module")
+def stack(
+    cluster: Any, minilm_artifact: Path, tiny_bert_artifact: Path, tiny_qwen3_artifact: Path
+) -> Iterator[Stack]:
+    cluster.kubectl("apply", "-f", str(REPO / "crds"))
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "em", "-A", check=False).returncode == 0, 30, "CRD"
+    )
+    cluster.kubectl("apply", "-k", str(REPO / "manifests" / "overlays" / "local"), timeout=120)
+    svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
+    if svc["spec"].get("type") != "NodePort":
+        patch = {
+            "spec": {
+                "type": "NodePort",
+                "ports": [
+                    {"name": "http", "port": 80, "targetPort": "http", "nodePort": NODE_PORT}
+                ],
+            }
+        }
+        cluster.kubectl("patch", "svc", "akidb-gateway", "-n", NS, "-p", json.dumps(patch))
+        svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
+    node_port = svc["spec"]["ports"][0]["nodePort"]
+    models = {
+        "e2e-minilm": (minilm_artifact, 384),
+        "e2e-bert-a": (tiny_bert_artifact, 32),
+        "e2e-bert-b": (tiny_bert_artifact, 32),
+        "e2e-qwen": (tiny_qwen3_artifact, 64),
+        "e2e-bert-c": (tiny_bert_artifact, 32),
+    }
+    for name, (artifact, dim) in models.items():
+        cluster.apply(json.dumps(em(name, artifact, dim)))
+
+    def gateways_ready() -> bool:
+        pods = cluster.get_json("pods", "-n", NS, "-l", GATEWAY_SELECTOR)["items"]
+        ready = [
+            p
+            for p in pods
+            if any(
+                c["type"] == "Ready" and c["status"] == "True"
+                for c in p.get("status", {}).get("conditions", [])
+            )
+        ]
+        return len(ready) == 2
+
+    cluster.wait_for(gateways_ready, 120, "2 ready gateway replicas")
+
+    def standby() -> bool:
+        phases = {
+            n: (cluster.get_json("em", n, "-n", NS).get("status") or {}).get("phase")
+            for n in models
+        }
+        return all(p in ("Standby", "Ready") for p in phases.values())
+
+    cluster.wait_for(standby, 180, "models in Standby")
+    yield Stack(
+        cluster, f"http://{cluster.node_ip}:{node_port}", {n: a for n, (a, _) in models.items()}
+    )
+
+
+async def embed(http: aiohttp.ClientSession, url: str, model: str, text: str) -> Any:
+    async with http.post(url + "/api/v1/embed", json={"model": model, "texts": [text]}) as r:
+        body = await r.json()
+        assert r.status == 200, body
+        return body, dict(r.headers)
+
+
+async def test_minilm_through_the_gateway_matches_the_model_server(stack: Stack) -> None:
+    texts = ["The quick brown fox jumps over the lazy dog.", "edge embeddings"]
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
+        async with http.post(
+            stack.url + "/api/v1/embed", json={"model": "e2e-minilm", "texts": texts}
+        ) as r:
+            assert r.status == 200, await r.text()
+            via = await r.json()
+        pod = next(p for p in stack.model_pods("e2e-minilm") if p["status"].get("podIP"))
+        async with http.post(
+            f"http://{pod['status']['podIP']}:8080/embed", json={"texts": texts}
+        ) as r:
+            direct = await r.json()
+    assert via["model"] == "e2e-minilm" and via["dimension"] == 384
+    np.testing.assert_allclose(via["embeddings"], direct["embeddings"], atol=1e-5)
+    oai = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)
+    try:
+        result = await oai.embeddings.create(model="e2e-minilm", input=texts)
+        np.testing.assert_allclose(
+            [d.embedding for d in result.data], direct["embeddings"], atol=1e-5
+        )
+    finally:
+        await oai.close()
+
+
+async def test_twenty_concurrent_requests_cause_one_activation(stack: Stack) -> None:
+    model = "e2e-bert-a"
+    before = await asyncio.to_thread(stack.events, model, "Activated")
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=180)) as http:
+        results = await asyncio.gather(
+            *(embed(http, stack.url, model, f"text {i}") for i in range(20))
+        )
+    assert all(len(body["embeddings"][0]) == 32 for body, _ in results)
+    assert any("X-Akidb-Cold-Start" in headers for _, headers in results) or before > 0
+    after = await asyncio.to_thread(stack.events, model, "Activated")
+    assert after - before <= 1
+
+
+async def test_lru_eviction_with_capacity_three(stack: Stack) -> None:
+    order = ["e2e-bert-a", "e2e-bert-b", "e2e-qwen", "e2e-bert-c", "e2e-minilm"]
+    max_pods = 0
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=240)) as http:
+        for model in order:
+            await embed(http, stack.url, model, "hello")
+            pods = await asyncio.to_thread(stack.pods)
+            max_pods = max(max_pods, len(pods))
+            await asyncio.sleep(1.0)
+    assert max_pods <= 3
+
+    # the two least recently used of the five are the ones gone
+    def running() -> set[str]:
+        return {
+            p["metadata"]["labels"][LABEL_MODEL]
+            for p in stack.pods()
+            if not p["metadata"].get("deletionTimestamp")
+        }
+
+    live = await asyncio.to_thread(
+        stack.cluster.wait_for, lambda: running() if len(running()) <= 3 else None, 60, "<= 3"
+    )
+    assert "e2e-bert-a" not in live and "e2e-bert-b" not in live
+    assert {"e2e-bert-c", "e2e-minilm"} <= live
+
+
+async def test_restarting_a_gateway_replica_loses_no_request(stack: Stack) -> None:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=120)) as http:
+        await embed(http, stack.url, "e2e-minilm", "warm up")
+        statuses: list[int] = []
+        stop = time.monotonic() + 15
+
+        async def client() -> None:
+            while time.monotonic() < stop:
+                async with http.post(
+                    stack.url + "/api/v1/embed", json={"model": "e2e-minilm", "texts": ["x"]}
+                ) as r:
+                    await r.read()
+                    statuses.append(r.status)
+
+        load = [asyncio.create_task(client()) for _ in range(4)]
+        await asyncio.sleep(2)
+        victim = stack.cluster.get_json("pods", "-n", NS, "-l", GATEWAY_SELECTOR)["items"][0]
+        await asyncio.to_thread(
+            stack.cluster.kubectl,
+            "delete",
+            "pod",
+            victim["metadata"]["name"],
+            "-n",
+            NS,
+            "--wait=false",
+        )
+        await asyncio.gather(*load)
+    assert statuses and set(statuses) == {200}, {s: statuses.count(s) for s in set(statuses)}

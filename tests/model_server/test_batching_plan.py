@@ -1,0 +1,159 @@
+"""Batch planning and request parsing: pure functions, no model needed."""
+
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from akidb_embed.model_server.api import (
+    ApiError,
+    Limits,
+    decode_base64,
+    encode_base64,
+    parse_json,
+    parse_native,
+    parse_openai,
+)
+from akidb_embed.model_server.batcher import Batcher, QueueFullError, _Item, _Job, plan_batches
+from akidb_embed.model_server.engine import choose_providers, parse_providers
+
+LIMITS = Limits(max_texts_per_request=4, dimensions=[128, 384], model_names=["m", "org/m"])
+
+
+def _items(lengths: list[int]) -> list[_Item]:
+    job = _Job(seqs=[], future=None, remaining=0)  # type: ignore[arg-type]
+    return [_Item(n, i, job, i) for i, n in enumerate(lengths)]
+
+
+def test_plan_respects_size_and_token_limits_and_sorts() -> None:
+    batches = plan_batches(_items([5, 100, 6, 7, 90, 8]), max_batch_size=3, max_batch_tokens=200)
+    lengths = [[it.length for it in b] for b in batches]
+    # sorted by length, at most 3 texts, texts x longest <= 200
+    assert lengths == [[5, 6, 7], [8, 90], [100]]
+    for b in batches:
+        assert len(b) <= 3 and len(b) * max(it.length for it in b) <= 200
+
+
+def test_plan_oversized_text_gets_own_batch() -> None:
+    batches = plan_batches(_items([10, 500, 10]), max_batch_size=8, max_batch_tokens=64)
+    assert [[it.length for it in b] for b in batches] == [[10, 10], [500]]
+
+
+def test_plan_keeps_every_item_once() -> None:
+    rng = np.random.default_rng(0)
+    items = _items(list(rng.integers(1, 300, size=200)))
+    batches = plan_batches(items, max_batch_size=16, max_batch_tokens=2048)
+    seen = sorted(it.order for b in batches for it in b)
+    assert seen == list(range(200))
+
+
+async def test_batcher_splits_reassembles_and_bounds_queue() -> None:
+    runs: list[int] = []
+
+    def run(seqs):  # row i = the first token id, so order is checkable
+        runs.append(len(seqs))
+        return np.array([[float(s[0])] for s in seqs], dtype=np.float32)
+
+    b = Batcher(run, max_batch_size=4, max_batch_tokens=1000, max_queue_texts=12)
+    try:
+        seqs = [np.array([i] * (1 + (7 * i) % 5), dtype=np.int64) for i in range(10)]
+        out = await b.submit(seqs)
+        assert out[:, 0].tolist() == list(range(10))
+        assert max(runs) <= 4 and sum(runs) == 10
+        # Queue bound: fill the queue while a batch runs, the next submit is refused.
+        many = [b.submit([np.array([1], dtype=np.int64)] * 6) for _ in range(2)]
+        tasks = [asyncio.ensure_future(c) for c in many]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFullError, match="limit 12"):
+            await b.submit([np.array([1], dtype=np.int64)] * 6)
+        await asyncio.gather(*tasks)
+    finally:
+        await b.close()
+
+
+def test_parse_json_errors() -> None:
+    for body, needle in [
+        (b"", "empty"),
+        (b"{not json", "not valid JSON"),
+        (b"[1, 2]", "must be a JSON object, got array"),
+        (b"\xff\xfe", "not valid JSON"),
+    ]:
+        with pytest.raises(ApiError, match=needle) as info:
+            parse_json(body)
+        assert info.value.status == 400
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "needle"),
+    [
+        ({}, 400, "'texts' is required"),
+        ({"texts": "hi"}, 400, "must be an array of strings, got string"),
+        ({"texts": []}, 400, "'texts' is empty"),
+        ({"texts": ["a", 3]}, 400, r"'texts\[1\]' must be a string, got integer"),
+        ({"texts": ["a", ""]}, 400, r"'texts\[1\]' is an empty string"),
+        ({"texts": ["a"] * 5}, 400, "5 texts, more than the limit of 4"),
+        ({"texts": ["a"], "normalize": "yes"}, 400, "'normalize' must be a boolean"),
+        ({"texts": ["a"], "truncate": 1}, 400, "'truncate' must be a boolean"),
+        ({"texts": ["a"], "dimensions": 100}, 400, r"allowed: \[128, 384\]"),
+        ({"texts": ["a"], "dimensions": True}, 400, "must be an integer, got boolean"),
+        ({"texts": ["a"], "input_type": "passage"}, 400, "'input_type' must be"),
+        ({"texts": ["a"], "model": "other"}, 404, "serves 'm'"),
+        ({"texts": ["a"], "model": 5}, 400, "'model' must be a string"),
+    ],
+)
+def test_parse_native_rejects(body: dict, status: int, needle: str) -> None:
+    with pytest.raises(ApiError, match=needle) as info:
+        parse_native(body, LIMITS)
+    assert info.value.status == status
+    assert set(info.value.body()["error"]) >= {"type", "message"}
+
+
+def test_parse_native_accepts() -> None:
+    req = parse_native(
+        {"texts": ["a"], "model": "ORG/M", "dimensions": 128, "input_type": "query"}, LIMITS
+    )
+    assert (req.texts, req.dimensions, req.input_type, req.truncate) == (["a"], 128, "query", True)
+
+
+@pytest.mark.parametrize(
+    ("body", "needle"),
+    [
+        ({"input": [1, 2, 3]}, "token ids"),
+        ({"input": [[1, 2], [3]]}, "token ids"),
+        ({"input": "a", "encoding_format": "int8"}, "'encoding_format' must be"),
+        ({"input": None}, "'input' is required"),
+        ({"input": {"a": 1}}, "string or an array of strings, got object"),
+    ],
+)
+def test_parse_openai_rejects(body: dict, needle: str) -> None:
+    with pytest.raises(ApiError, match=needle):
+        parse_openai(body, LIMITS)
+
+
+def test_parse_openai_accepts_string_and_ignores_user() -> None:
+    req = parse_openai({"input": "hi", "user": "u", "encoding_format": "base64"}, LIMITS)
+    assert req.texts == ["hi"] and req.encoding_format == "base64"
+
+
+def test_base64_roundtrip_is_float32_little_endian() -> None:
+    v = np.array([1.0, -2.5, 0.125], dtype=np.float32)
+    assert encode_base64(v) == "AACAPwAAIMAAAAA+"
+    np.testing.assert_array_equal(decode_base64(encode_base64(v)), v)
+
+
+def test_provider_parsing_and_fallback_reason() -> None:
+    assert parse_providers("TensorRT, cuda,CPU") == [
+        "TensorrtExecutionProvider",
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
+    with pytest.raises(ValueError):
+        parse_providers(" , ")
+    choice = choose_providers(
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider"], ["CPUExecutionProvider"]
+    )
+    assert choice.selected == ["CPUExecutionProvider"]
+    assert "TensorrtExecutionProvider not available in this onnxruntime build" in choice.notes[0]
+    assert "added as the last resort" in choice.notes[-1]

@@ -1,0 +1,407 @@
+"""The placement policy: rules on hand-built states, then invariants on random histories."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from akidb_embed.operator.placement import (
+    ACTIVATING,
+    CAPACITY_EXHAUSTED,
+    EVICTING,
+    EXCEEDS_MEMORY_BUDGET,
+    PREVIOUS_POD_STOPPING,
+    READY,
+    STANDBY,
+    WAITING_FOR_EVICTION,
+    Activate,
+    Evict,
+    IdleStandby,
+    Limits,
+    MarkActivating,
+    MarkReady,
+    MarkStandby,
+    ModelView,
+    PodView,
+    Wait,
+    decide,
+    slots_in_use,
+)
+
+MI = 2**20
+NOW = 10_000.0
+
+
+def ready(name: str, last_request: float, **kw: object) -> ModelView:
+    return ModelView(name, phase=READY, last_request=last_request, active_since=0.0, **kw)  # type: ignore[arg-type]
+
+
+def pod(model: str, *, terminating: bool = False, ready: bool = True) -> PodView:
+    return PodView(f"{model}-pod", model, terminating=terminating, ready=ready)
+
+
+def demanded(name: str, at: float = NOW - 1, **kw: object) -> ModelView:
+    return ModelView(name, phase=STANDBY, requested_at=at, **kw)  # type: ignore[arg-type]
+
+
+def of(kind: type, actions: list) -> list:
+    return [a for a in actions if isinstance(a, kind)]
+
+
+def test_activates_when_a_slot_is_free() -> None:
+    models = [ready("a", NOW - 5), demanded("b")]
+    actions = decide(models, [pod("a")], Limits(capacity=3), NOW)
+    assert actions == [Activate("b", "Activated b (requested; 2 of 3 slots in use)")]
+
+
+def test_no_action_without_demand() -> None:
+    models = [ready("a", NOW - 5), ModelView("b", phase=STANDBY)]
+    assert decide(models, [pod("a")], Limits(), NOW) == []
+
+
+def test_demand_older_than_last_activation_or_eviction_is_settled() -> None:
+    stale_by_activation = ModelView("b", requested_at=NOW - 50, active_since=NOW - 40)
+    stale_by_eviction = ModelView("c", requested_at=NOW - 50, last_evicted_at=NOW - 10)
+    assert decide([stale_by_activation, stale_by_eviction], [], Limits(), NOW) == []
+
+
+def test_full_node_evicts_least_recently_used_and_waits_for_its_pod() -> None:
+    models = [
+        ready("a", NOW - 100),
+        ready("b", NOW - 312),
+        ready("c", NOW - 200),
+        demanded("d"),
+    ]
+    pods = [pod("a"), pod("b"), pod("c")]
+    actions = decide(models, pods, Limits(capacity=3, min_residency=30), NOW)
+    evictions = of(Evict, actions)
+    assert [e.model for e in evictions] == ["b"]
+    assert evictions[0].message == ("Evicted b (idle 312s, least recently used of 3) to activate d")
+    assert of(Activate, actions) == []  # never over capacity: b's pod is still there
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("d", WAITING_FOR_EVICTION)]
+
+
+def test_activation_happens_only_once_the_evicted_pod_is_gone() -> None:
+    models = [
+        ready("a", NOW - 100),
+        ModelView("b", phase=EVICTING, last_evicted_at=NOW - 2, active_since=0.0),
+        ready("c", NOW - 200),
+        demanded("d", at=NOW - 3),
+    ]
+    terminating = [pod("a"), pod("b", terminating=True), pod("c")]
+    actions = decide(models, terminating, Limits(capacity=3), NOW)
+    # The terminating pod still counts; the pending slot is d's, nobody else is evicted.
+    assert of(Evict, actions) == [] and of(Activate, actions) == []
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("d", WAITING_FOR_EVICTION)]
+
+    gone = [pod("a"), pod("c")]
+    actions = decide(models, gone, Limits(capacity=3), NOW)
+    assert MarkStandby("b") in actions
+    assert [a.model for a in of(Activate, actions)] == ["d"]
+
+
+def test_pinned_and_recent_models_are_not_evicted() -> None:
+    models = [
+        ready("pinned-old", NOW - 1000, pinned=True),
+        ready("recent", NOW - 10),
+        ready("also-recent", NOW - 29),
+        demanded("d"),
+    ]
+    pods = [pod("pinned-old"), pod("recent"), pod("also-recent")]
+    actions = decide(models, pods, Limits(capacity=3, min_residency=30), NOW)
+    assert of(Evict, actions) == []
+    (wait,) = of(Wait, actions)
+    assert wait.reason == CAPACITY_EXHAUSTED
+    assert "also-recent, pinned-old, recent" in wait.message
+
+    # As soon as residency has passed, the least recently used unpinned one goes.
+    later = decide(models, pods, Limits(capacity=3, min_residency=30), NOW + 25)
+    assert [e.model for e in of(Evict, later)] == ["also-recent"]
+
+
+def test_terminating_pods_count_against_capacity() -> None:
+    models = [ready("a", NOW - 5), ModelView("gone", phase=STANDBY), demanded("d")]
+    # A leftover terminating pod of "gone" and one of a model that no longer exists.
+    pods = [
+        pod("a"),
+        pod("gone", terminating=True),
+        PodView("x", "deleted-model", terminating=True),
+    ]
+    actions = decide(models, pods, Limits(capacity=3), NOW)
+    assert of(Activate, actions) == []
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("d", WAITING_FOR_EVICTION)]
+    assert of(Evict, actions) == []
+
+
+def test_oldest_demand_first() -> None:
+    models = [
+        ready("a", NOW - 100),
+        demanded("late", at=NOW - 1),
+        demanded("early", at=NOW - 9),
+    ]
+    actions = decide(models, [pod("a")], Limits(capacity=2), NOW)
+    assert [a.model for a in of(Activate, actions)] == ["early"]
+    waits = of(Wait, actions)
+    assert [(w.model, w.reason) for w in waits] == [("late", WAITING_FOR_EVICTION)]
+    assert [e.model for e in of(Evict, actions)] == ["a"]
+
+
+def test_idle_timeout_scales_to_standby_but_not_pinned() -> None:
+    models = [
+        ready("idle", NOW - 700, idle_timeout=600.0),
+        ready("busy", NOW - 10, idle_timeout=600.0),
+        ready("pinned", NOW - 7000, idle_timeout=600.0, pinned=True),
+    ]
+    actions = decide(models, [pod("idle"), pod("busy"), pod("pinned")], Limits(), NOW)
+    (idle,) = of(IdleStandby, actions)
+    assert idle.model == "idle" and idle.idle_seconds == 700
+    assert "idle 700s (idleTimeout 600s)" in idle.message
+
+
+def test_idle_slot_is_claimed_by_waiting_model_without_extra_eviction() -> None:
+    models = [
+        ready("idle", NOW - 700, idle_timeout=600.0),
+        ready("b", NOW - 500),
+        ready("c", NOW - 400),
+        demanded("d"),
+    ]
+    actions = decide(models, [pod("idle"), pod("b"), pod("c")], Limits(capacity=3), NOW)
+    assert [a.model for a in of(IdleStandby, actions)] == ["idle"]
+    assert of(Evict, actions) == []
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("d", WAITING_FOR_EVICTION)]
+
+
+def test_memory_budget_evicts_several_small_models_for_a_big_one() -> None:
+    models = [
+        ready("s1", NOW - 300, memory=512 * MI),
+        ready("s2", NOW - 200, memory=512 * MI),
+        ModelView("big", requested_at=NOW - 1, memory=1536 * MI),
+    ]
+    limits = Limits(capacity=3, memory_budget=2048 * MI)
+    actions = decide(models, [pod("s1"), pod("s2")], limits, NOW)
+    # One slot is free but only 1 GiB of memory: both small models must go.
+    assert [e.model for e in of(Evict, actions)] == ["s1"]
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("big", WAITING_FOR_EVICTION)]
+    too_big = ModelView("huge", requested_at=NOW - 1, memory=4096 * MI)
+    actions = decide([*models[:2], too_big], [pod("s1"), pod("s2")], limits, NOW)
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("huge", EXCEEDS_MEMORY_BUDGET)]
+    assert of(Evict, actions) == []
+
+
+def test_phase_bookkeeping_follows_pods() -> None:
+    models = [
+        ModelView("starting", phase=ACTIVATING, active_since=NOW - 2),
+        ModelView("crashed", phase=READY, active_since=NOW - 200, last_request=NOW - 5),
+        ModelView("evicted", phase=EVICTING, last_evicted_at=NOW - 5),
+    ]
+    pods = [pod("starting"), pod("crashed", ready=False)]
+    actions = decide(models, pods, Limits(), NOW)
+    assert set(actions) == {
+        MarkReady("starting"),
+        MarkActivating("crashed"),
+        MarkStandby("evicted"),
+    }
+
+
+def test_demand_for_a_model_still_stopping_waits_for_its_pod() -> None:
+    models = [ModelView("b", phase=EVICTING, last_evicted_at=NOW - 5, requested_at=NOW - 1)]
+    actions = decide(models, [pod("b", terminating=True)], Limits(), NOW)
+    assert [(w.model, w.reason) for w in of(Wait, actions)] == [("b", PREVIOUS_POD_STOPPING)]
+    actions = decide(models, [], Limits(), NOW)
+    assert actions == [MarkStandby("b"), Activate("b", actions[1].message)]
+
+
+def test_unconverted_model_is_not_activated() -> None:
+    models = [ModelView("b", phase="Converting", converted=False, requested_at=NOW - 1)]
+    assert decide(models, [], Limits(), NOW) == []
+
+
+# Random histories -----------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class SimPod:
+    name: str
+    model: str
+    terminating: bool = False
+    ready: bool = False
+
+
+@dataclasses.dataclass
+class Node:
+    """The cluster as the policy's caller sees it: Deployments create and delete pods."""
+
+    models: dict[str, ModelView]
+    limits: Limits
+    now: float = 1000.0
+    pods: list[SimPod] = dataclasses.field(default_factory=list)
+    counter: int = 0
+    max_slots_seen: int = 0
+
+    def views(self) -> tuple[list[ModelView], list[PodView]]:
+        pods = [PodView(p.name, p.model, p.terminating, p.ready) for p in self.pods]
+        return list(self.models.values()), pods
+
+    def check_pods(self) -> None:
+        assert len(self.pods) <= self.limits.capacity, self.pods
+        if self.limits.memory_budget is not None:
+            used = sum(self.models[p.model].memory for p in self.pods)
+            assert used <= self.limits.memory_budget
+        self.max_slots_seen = max(self.max_slots_seen, len(self.pods))
+
+    def set(self, name: str, **changes: object) -> None:
+        self.models[name] = dataclasses.replace(self.models[name], **changes)  # type: ignore[arg-type]
+
+    def request(self, name: str) -> None:
+        m = self.models[name]
+        if m.phase == READY:
+            self.set(name, last_request=self.now)
+        else:
+            self.set(name, requested_at=self.now)  # the gateway marks demand
+
+    def controllers(self) -> None:
+        """Deployments converge: active models get a pod, others lose theirs."""
+        for name, m in self.models.items():
+            live = [p for p in self.pods if p.model == name and not p.terminating]
+            if m.active and not live:
+                self.counter += 1
+                self.pods.append(SimPod(f"{name}-{self.counter}", name))
+            if not m.active:
+                for p in live:
+                    p.terminating = True
+        self.check_pods()
+
+    def decide_and_apply(self) -> list:
+        models, pods = self.views()
+        actions = decide(models, pods, self.limits, self.now)
+        check_decision(models, actions, self.limits, self.now)
+        for a in actions:
+            if isinstance(a, Activate):
+                self.set(a.model, phase=ACTIVATING, active_since=self.now)
+            elif isinstance(a, Evict | IdleStandby):
+                self.set(a.model, phase=EVICTING, last_evicted_at=self.now)
+            elif isinstance(a, MarkReady):
+                self.set(a.model, phase=READY)
+            elif isinstance(a, MarkActivating):
+                self.set(a.model, phase=ACTIVATING)
+            elif isinstance(a, MarkStandby):
+                self.set(a.model, phase=STANDBY)
+        self.check_pods()
+        return actions
+
+
+def check_decision(models: list[ModelView], actions: list, limits: Limits, now: float) -> None:
+    by_name = {m.name: m for m in models}
+    evicted = [a for a in actions if isinstance(a, Evict)]
+    leaving = {a.model for a in actions if isinstance(a, IdleStandby)}
+    for a in actions:
+        if isinstance(a, Evict | IdleStandby):
+            assert not by_name[a.model].pinned, f"pinned {a.model} evicted"
+        if isinstance(a, Evict):
+            victim = by_name[a.model]
+            assert now - victim.last_used >= limits.min_residency, "evicted within residency"
+    # LRU: nobody evictable that stays was used less recently than an evicted model.
+    evicted_names = {e.model for e in evicted}
+    for e in evicted:
+        for m in models:
+            if (
+                m.active
+                and not m.pinned
+                and m.name not in evicted_names
+                and m.name not in leaving
+                and now - m.last_used >= limits.min_residency
+            ):
+                assert m.last_used >= by_name[e.model].last_used, (e, m)
+    # Every activation fits: at most one action per model.
+    touched = [a.model for a in actions if isinstance(a, Activate | Evict | IdleStandby)]
+    assert len(touched) == len(set(touched))
+
+
+# One round of a history: maybe a request, time passes, the operator decides, the
+# Deployments converge, pods may turn ready or finish terminating, the operator decides.
+round_ = st.tuples(
+    st.one_of(st.none(), st.integers(0, 6)),  # which model gets a request
+    st.sampled_from([0.5, 2.0, 10.0, 31.0, 90.0, 400.0]),  # seconds that pass
+    st.booleans(),  # starting pods turn ready
+    st.booleans(),  # one terminating pod disappears
+)
+
+
+@settings(
+    max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow], derandomize=True
+)
+@given(
+    capacity=st.integers(1, 4),
+    n_models=st.integers(2, 7),
+    pinned=st.sets(st.integers(0, 6), max_size=2),
+    memories=st.lists(st.sampled_from([256, 512, 1024, 3072]), min_size=7, max_size=7),
+    budget=st.one_of(st.none(), st.sampled_from([1024, 2048, 4096])),
+    idle_timeouts=st.lists(st.one_of(st.none(), st.floats(60, 600)), min_size=7, max_size=7),
+    rounds=st.lists(round_, min_size=1, max_size=60),
+    names=st.permutations([f"m{i}" for i in range(7)]),
+)
+def test_random_histories_keep_the_invariants(
+    capacity: int,
+    n_models: int,
+    pinned: set[int],
+    memories: list[int],
+    budget: int | None,
+    idle_timeouts: list[float | None],
+    rounds: list[tuple[int | None, float, bool, bool]],
+    names: list[str],
+) -> None:
+    limits = Limits(
+        capacity=capacity,
+        memory_budget=None if budget is None else budget * MI,
+        min_residency=30.0,
+    )
+    models = {
+        names[i]: ModelView(
+            names[i],
+            pinned=i in pinned,
+            memory=memories[i] * MI,
+            idle_timeout=idle_timeouts[i],
+        )
+        for i in range(n_models)
+    }
+    node = Node(models, limits)
+    for request, seconds, turn_ready, one_gone in rounds:
+        if request is not None:
+            node.request(names[request % n_models])
+        node.now += seconds
+        node.decide_and_apply()
+        node.controllers()
+        if turn_ready:
+            for p in node.pods:
+                p.ready = True
+        stopping = [p for p in node.pods if p.terminating]
+        if one_gone and stopping:
+            node.pods.remove(stopping[0])
+        node.decide_and_apply()
+
+    # Liveness: with time passing and pods converging, every demand is served, unless
+    # the model can never fit (bigger than the budget, or the node is full of pinned ones).
+    for _ in range(4 * n_models + 4):
+        node.decide_and_apply()
+        node.controllers()
+        for p in node.pods:
+            p.ready = True
+        node.pods = [p for p in node.pods if not p.terminating]
+        node.now += limits.min_residency + 1
+    pinned_memory = sum(m.memory for m in node.models.values() if m.pinned and m.active)
+    pinned_slots = sum(1 for x in node.models.values() if x.pinned and x.active)
+    for m in node.models.values():
+        if m.active or not m.has_demand:
+            continue
+        room = limits.memory_budget is None or m.memory + pinned_memory <= limits.memory_budget
+        assert not room or pinned_slots >= capacity, f"{m.name} never served: {node.models}"
+
+
+def test_slots_in_use_counts_reserved_and_terminating() -> None:
+    models = [ModelView("a", phase=ACTIVATING), ModelView("b", phase=STANDBY)]
+    pods = [pod("b", terminating=True), PodView("x", "unknown")]
+    assert slots_in_use(models, pods) == 3
+    assert not math.isinf(ModelView("a", last_request=5.0).last_used)
