@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "akidb_embed.operator.cli",
     "akidb_embed.gateway.cli",
     "akidb_embed.devcluster.cli",
+    "akidb_embed.demo",
 )
 
 

@@ -56,11 +56,11 @@ WORDS = tuple(_VOCAB.split())
 
 
 def make_texts(n: int, seed: int = 7) -> list[str]:
-    """Deterministic sentences of 6..60 words (typical search queries to passages)."""
+    """Deterministic sentences of 4..40 words (search queries to short passages)."""
     rng = np.random.default_rng(seed)
     texts = []
     for i in range(n):
-        k = int(rng.integers(6, 61))
+        k = int(rng.integers(4, 41))
         words = rng.choice(WORDS, size=k)
         texts.append(f"{i}: " + " ".join(words).capitalize() + ".")
     return texts
@@ -141,6 +141,7 @@ class RawOrt:
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server
         self.session = ort.InferenceSession(
             str(artifact / "model.onnx"), so, providers=["CPUExecutionProvider"]
         )
@@ -159,31 +160,64 @@ class RawOrt:
         return truncate_dims(pool(hidden, mask, self.manifest.pooling), None, True)
 
 
-def bench_batches(fn: Callable[[list[str]], Any], texts: list[str], batch: int) -> dict[str, Any]:
-    fn(texts[:batch])  # warm-up
+def time_batches(
+    fn: Callable[[list[str]], Any], texts: list[str], batch: int
+) -> tuple[list[float], float]:
     lat: list[float] = []
     t0 = time.perf_counter()
     for i in range(0, len(texts), batch):
         t = time.perf_counter()
         fn(texts[i : i + batch])
         lat.append(time.perf_counter() - t)
-    return summarize(lat, len(texts), time.perf_counter() - t0)
+    return lat, time.perf_counter() - t0
+
+
+def bench_batches(fn: Callable[[list[str]], Any], texts: list[str], batch: int) -> dict[str, Any]:
+    fn(texts[:batch])  # warm-up
+    lat, wall = time_batches(fn, texts, batch)
+    return summarize(lat, len(texts), wall)
+
+
+class Acc:
+    """Latencies and wall time of one system, accumulated over interleaved rounds."""
+
+    def __init__(self) -> None:
+        self.lat: list[float] = []
+        self.wall = 0.0
+        self.texts = 0
+
+    def add(self, lat_wall: tuple[list[float], float], texts: int) -> None:
+        self.lat += lat_wall[0]
+        self.wall += lat_wall[1]
+        self.texts += texts
+
+    def summary(self) -> dict[str, Any]:
+        return summarize(self.lat, self.texts, self.wall)
 
 
 # -- HTTP load ----------------------------------------------------------------------
 
 
 async def http_load(
-    url: str, model: str, texts: list[str], concurrency: int, warmup: int = 16
-) -> dict[str, Any]:
-    """One text per POST /v1/embeddings; ``concurrency`` workers share the text list."""
+    url: str,
+    model: str,
+    texts: list[str],
+    concurrency: int,
+    warmup: int = 16,
+    path: str = "/v1/embeddings",
+    raw: bool = False,
+) -> Any:
+    """One text per POST ``path`` (OpenAI shape); ``concurrency`` workers share the texts.
+
+    Returns the summary, or with ``raw`` the (latencies, wall seconds) pair.
+    """
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(url, connector=connector, timeout=timeout) as http:
 
         async def one(text: str) -> float:
             t = time.perf_counter()
-            async with http.post("/v1/embeddings", json={"input": [text], "model": model}) as resp:
+            async with http.post(path, json={"input": [text], "model": model}) as resp:
                 body = await resp.read()
                 if resp.status != 200:
                     raise RuntimeError(f"{url}: HTTP {resp.status}: {body[:300]!r}")
@@ -199,7 +233,8 @@ async def http_load(
 
         t0 = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
-        return summarize(lat, len(texts), time.perf_counter() - t0)
+        wall = time.perf_counter() - t0
+        return (lat, wall) if raw else summarize(lat, len(texts), wall)
 
 
 def wait_http(url: str, path: str, proc: subprocess.Popen[bytes], timeout: float) -> None:
@@ -219,24 +254,50 @@ def wait_http(url: str, path: str, proc: subprocess.Popen[bytes], timeout: float
     raise RuntimeError(f"{url}{path} not ready within {timeout}s")
 
 
-def bench_server(
-    artifact: Path, texts: list[str], threads: int, extra: list[str], runs: list[int]
+def bench_interleaved(
+    artifact: Path, raw: RawOrt, texts: list[str], threads: int, rounds: int
 ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Raw ORT b1/b32 and the server c1/c32, alternated round by round.
+
+    The machine is shared and noisy; alternating the systems in short rounds exposes
+    each one to the same background load, so the ratios mean something.
+    """
     from akidb_embed.model_server.runner import ServerProcess
 
-    with ServerProcess(artifact, ["--threads", str(threads), *extra]) as srv:
+    accs = {k: Acc() for k in ("raw_ort_b1", "server_c1", "raw_ort_b32", "server_c32")}
+    chunks = [texts[i::rounds] for i in range(rounds)]
+    with ServerProcess(artifact, ["--threads", str(threads)]) as srv:
         info = srv.info()
         model = info["model"]["name"]
-        out = {}
-        for c in runs:
-            out[f"c{c}"] = asyncio.run(http_load(srv.url, model, texts, c))
-        mem = rss_mib(srv.pid)
+        raw.embed(texts[:CONCURRENCY])
+        asyncio.run(http_load(srv.url, model, texts[:CONCURRENCY], CONCURRENCY, raw=True))
+        for chunk in chunks:
+            n = len(chunk)
+            accs["raw_ort_b1"].add(time_batches(raw.embed, chunk, 1), n)
+            accs["server_c1"].add(
+                asyncio.run(http_load(srv.url, model, chunk, 1, warmup=0, raw=True)), n
+            )
+            accs["raw_ort_b32"].add(time_batches(raw.embed, chunk, CONCURRENCY), n)
+            accs["server_c32"].add(
+                asyncio.run(http_load(srv.url, model, chunk, CONCURRENCY, warmup=0, raw=True)), n
+            )
+        mem: dict[str, Any] = dict(rss_mib(srv.pid))
         mem["info"] = {
             "providers": info.get("providers", {}).get("in_use"),
             "load_s": info.get("load_s"),
             "warmup_s": info.get("warmup_s"),
         }
-    return out, mem
+    return {k: v.summary() for k, v in accs.items()}, mem
+
+
+def bench_server(
+    artifact: Path, texts: list[str], threads: int, extra: list[str], concurrency: int
+) -> dict[str, Any]:
+    from akidb_embed.model_server.runner import ServerProcess
+
+    with ServerProcess(artifact, ["--threads", str(threads), *extra]) as srv:
+        model = srv.info()["model"]["name"]
+        return dict(asyncio.run(http_load(srv.url, model, texts, concurrency)))
 
 
 def bench_infinity(
@@ -282,7 +343,9 @@ def bench_infinity(
         try:
             url = f"http://127.0.0.1:{port}"
             wait_http(url, "/health", proc, 180)
-            result = asyncio.run(http_load(url, str(checkpoint), texts, CONCURRENCY))
+            result = asyncio.run(
+                http_load(url, str(checkpoint), texts, CONCURRENCY, path="/embeddings")
+            )
             result.update(rss_mib(proc.pid))
             result["status"] = f"infinity-emb {version}, torch engine, CPU"
             return result
@@ -415,7 +478,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.model_server", description=__doc__)
     p.add_argument("--artifact", type=Path, help="artifact dir (default: MiniLM fp32, converted)")
     p.add_argument("--checkpoint", type=Path, help="checkpoint for sentence-transformers")
-    p.add_argument("--texts", type=int, default=None, help="texts per system (default 768)")
+    p.add_argument("--texts", type=int, default=None, help="texts per system (default 384)")
     p.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
@@ -432,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
         checkpoint = args.checkpoint or checkpoint
     else:
         artifact, checkpoint = args.artifact, args.checkpoint
-    n = args.texts or (64 if args.quick else 768)
+    n = args.texts or (64 if args.quick else 384)
     texts = make_texts(n)
     threads = args.threads
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "true")
@@ -461,29 +524,22 @@ def main(argv: list[str] | None = None) -> int:
     r = res["results"]
     t_start = time.perf_counter()
 
-    print(f"raw ONNX Runtime ({n} texts) ...", file=sys.stderr)
+    print(f"raw ONNX Runtime vs model server, {n} texts, interleaved ...", file=sys.stderr)
     raw = RawOrt(artifact, threads)
-    tokens = [len(e.ids) for e in raw.tok.encode_batch(texts)]
-    res["config"]["mean_tokens_padded_b1"] = round(
-        float(np.mean([len(raw.tok.encode(t).ids) for t in texts[:64]])), 1
-    )
+    tokens = [len(raw.tok.encode(t).ids) for t in texts]
+    res["config"]["mean_tokens"] = round(float(np.mean(tokens)), 1)
     res["config"]["max_tokens"] = max(tokens)
-    r["raw_ort_b1"] = bench_batches(raw.embed, texts, 1)
-    r["raw_ort_b32"] = bench_batches(raw.embed, texts, CONCURRENCY)
-
-    print("model server over HTTP ...", file=sys.stderr)
-    server, mem = bench_server(artifact, texts, threads, [], [1, CONCURRENCY])
-    r["server_c1"] = server["c1"]
-    r["server_c32"] = server[f"c{CONCURRENCY}"]
+    rounds = 2 if args.quick else 4
+    res["config"]["rounds"] = rounds
+    interleaved, mem = bench_interleaved(artifact, raw, texts, threads, rounds)
+    r.update(interleaved)
     res["server_memory"] = mem
-    if not args.quick:
-        nob, _ = bench_server(artifact, texts, threads, ["--max-batch-size", "1"], [CONCURRENCY])
-        r["server_c32_nobatch"] = nob[f"c{CONCURRENCY}"]
-        # Raw ORT again: the machine is shared; keep the better of the two baselines.
-        again = bench_batches(raw.embed, texts, CONCURRENCY)
-        if again["throughput_texts_s"] > r["raw_ort_b32"]["throughput_texts_s"]:
-            r["raw_ort_b32"] = again
     del raw
+    if not args.quick:
+        print("model server without batching ...", file=sys.stderr)
+        r["server_c32_nobatch"] = bench_server(
+            artifact, texts[: n // 2], threads, ["--max-batch-size", "1"], CONCURRENCY
+        )
 
     if checkpoint is not None:
         print("sentence-transformers ...", file=sys.stderr)

@@ -247,7 +247,11 @@ def convert(
         )
     except (SourceError, RulesError) as exc:
         raise ConversionError(str(exc)) from exc
-    key = artifact_key(resolved.source, resolved.revision, precision, opset)
+    # The default opset is left out of the key, so the key is the contract's
+    # artifact_key(source, revision, precision) that the operator computes.
+    key = artifact_key(
+        resolved.source, resolved.revision, precision, None if opset == DEFAULT_OPSET else opset
+    )
     existing = _check_existing(out, key, force)
     if existing is not None:
         log.info("already converted: %s holds %s (key %s)", out, existing.name, key)
@@ -284,6 +288,8 @@ def convert(
             raise
         if isinstance(exc, ParityError | ExportError | SourceError | RulesError | OSError):
             raise ConversionError(str(exc)) from exc
+        if isinstance(exc, Exception):  # e.g. a tokenizer or ONNX Runtime error
+            raise ConversionError(f"{exc.__class__.__name__}: {exc}") from exc
         raise
     log.info("[%6.1fs] converted %s -> %s", progress.elapsed, resolved.source, out)
     if warm_tensorrt:
@@ -303,7 +309,7 @@ def _convert_into(
     parity_threshold: float | None,
     progress: _Progress,
 ) -> ArtifactManifest:
-    with progress.step("copying the tokenizer"):
+    with progress.step("loading and copying the tokenizer"):
         write_tokenizer(resolved.path, partial, rules.padding_side)
     with progress.step(f"loading {resolved.path}"):
         model, input_names = load_model(resolved.path)

@@ -47,7 +47,7 @@ def load_model(checkpoint: Path) -> tuple[Any, list[str]]:
 
     try:
         model = AutoModel.from_pretrained(
-            str(checkpoint), torch_dtype=torch.float32, attn_implementation="eager"
+            str(checkpoint), dtype=torch.float32, attn_implementation="eager"
         )
     except Exception as exc:  # transformers raises many kinds for a bad checkpoint
         raise ExportError(f"cannot load the model from {checkpoint}: {exc}") from exc

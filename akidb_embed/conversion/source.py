@@ -92,7 +92,8 @@ def resolve_source(
     if expanded.exists() or not looks_like_repo_id(source):
         if not expanded.exists():
             raise SourceError(f"source {source} does not exist")
-        path = expanded.resolve()
+        # Absolute, but symlinks kept: the operator keys artifacts by the path as written.
+        path = Path(os.path.abspath(expanded))
         check_checkpoint_dir(path)
         return ResolvedSource(path, str(path), revision, None, False)
 

@@ -30,9 +30,10 @@ from typing import Any
 
 import aiohttp
 
-from akidb_embed.devcluster import agent_state, podspec, procs
+from akidb_embed.devcluster import agent_state, kubelet_api, podspec, procs
 from akidb_embed.devcluster.cluster import ClusterConfig
 from akidb_embed.devcluster.kubeapi import ApiError, KubeApi, Obj, reflect
+from akidb_embed.devcluster.pki import Pki
 from akidb_embed.devcluster.proxy import Backend, Forwarder, Resolver
 
 log = logging.getLogger("akidb_embed.devcluster.agent")
@@ -169,8 +170,12 @@ class Probe:
                     self.runner.set_ready(True)
                 elif fail_streak >= need_fail:
                     self.runner.set_ready(False)
+            elif self.kind == "startup" and ok_streak >= 1:
+                return
             elif fail_streak >= need_fail:
-                log.info("%s: liveness probe failed %d times; restarting", self.runner, fail_streak)
+                log.info(
+                    "%s: %s probe failed %d times; restarting", self.runner, self.kind, fail_streak
+                )
                 await self.runner.kill_for_restart()
                 return
             await asyncio.sleep(period)
@@ -205,6 +210,14 @@ class ContainerRunner:
         if "terminated" in previous_state:
             self.state = previous_state
             self.last_state = (previous or {}).get("lastState") or {}
+            # Finished for good before the agent restarted: do not run it again.
+            code = int(previous_state["terminated"].get("exitCode", 0))
+            policy = worker.restart_policy
+            if init and policy == "Always":
+                policy = "OnFailure"
+            if not podspec.should_restart(policy, code):
+                self.done = True
+                self.exit_code = code
 
     def __str__(self) -> str:
         return f"{self.worker}/{self.name}"
@@ -272,6 +285,8 @@ class ContainerRunner:
     async def run(self, restart_policy: str) -> int:
         """Run until the container ends for good (or is stopped); return its exit code."""
         cfg = self.worker.agent.cfg
+        if self.done:
+            return self.exit_code or 0
         while not self._stopping:
             try:
                 self.proc = await self._start()
@@ -289,17 +304,14 @@ class ContainerRunner:
             started_at = now_time()
             began = time.monotonic()
             self.state = {"running": {"startedAt": started_at}}
-            self.started = True
-            self.ready = not self.spec.get("readinessProbe") and not self.init
+            self.started = self.ready = False
             self.worker.changed()
-            probes = [
-                asyncio.create_task(Probe(kind, self.spec[key], self).run())
-                for kind, key in (("readiness", "readinessProbe"), ("liveness", "livenessProbe"))
-                if self.spec.get(key) and not self.init
-            ]
+            probes = asyncio.create_task(self._probe())
             code = await self.proc.wait()
-            for task in probes:
-                task.cancel()
+            probes.cancel()
+            # Like a container's cgroup: nothing the container started outlives it.
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
             self.record_path.unlink(missing_ok=True)
             # A process killed by a signal reports 128 + signal, as in a container.
             self.exit_code = code if code >= 0 else 128 - code
@@ -343,6 +355,24 @@ class ContainerRunner:
             self.restart_count += 1
         self.done = True
         return self.exit_code if self.exit_code is not None else 0
+
+    async def _probe(self) -> None:
+        """Startup probe first (if any); then readiness and liveness, as the kubelet does."""
+        if self.init:
+            return
+        if self.spec.get("startupProbe"):
+            await Probe("startup", self.spec["startupProbe"], self).run()
+            if self.proc is None or self.proc.returncode is not None:
+                return
+        self.started = True
+        self.ready = not self.spec.get("readinessProbe")
+        self.worker.changed()
+        probes = [
+            Probe(kind, self.spec[key], self).run()
+            for kind, key in (("readiness", "readinessProbe"), ("liveness", "livenessProbe"))
+            if self.spec.get(key)
+        ]
+        await asyncio.gather(*probes)
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -820,7 +850,7 @@ class NodeAgent:
                 {"type": "InternalIP", "address": self.ips.node_ip},
                 {"type": "Hostname", "address": self.node_name},
             ],
-            "daemonEndpoints": {"kubeletEndpoint": {"Port": 0}},
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": self.cfg.kubelet_port}},
             "nodeInfo": {
                 "architecture": "arm64",
                 "operatingSystem": "linux",
@@ -1000,6 +1030,21 @@ class NodeAgent:
             self._forwards_dirty.clear()
             await self.forwarder.reconcile(self.desired_forwards())
 
+    # -- kubelet API (kubectl logs) ---------------------------------------------------------
+    def locate_log(self, namespace: str, pod: str, container: str) -> tuple[Path | None, bool]:
+        for w in self.workers.values():
+            if w.namespace == namespace and w.pod_name == pod:
+                running = not w.terminal_phase and any(
+                    r.name == container and not r.done for r in w.init_runners + w.runners
+                )
+                return w.log_dir / f"{container}.log", running
+        # A pod this agent no longer tracks: its newest log folder, if any.
+        folders = sorted(
+            (self.state_dir / "logs" / "pods").glob(f"{namespace}_{pod}_*"),
+            key=lambda p: p.stat().st_mtime,
+        )
+        return (folders[-1] / f"{container}.log" if folders else None), False
+
     # -- main -------------------------------------------------------------------------------
     async def run(self) -> None:
         leftovers = agent_state.stop_recorded_pod_processes(self.agent_dir, grace_s=5)
@@ -1015,6 +1060,17 @@ class NodeAgent:
         ) as api:
             self._api = api
             self._http = aiohttp.ClientSession()
+            pki_files = Pki(pki)
+            kubelet = None
+            if self.cfg.kubelet_port and pki_files.kubelet_cert.exists():
+                kubelet = await kubelet_api.serve(
+                    self.locate_log,
+                    self.ips.node_ip,
+                    self.cfg.kubelet_port,
+                    pki_files.kubelet_cert,
+                    pki_files.kubelet_key,
+                    self.ca_path,
+                )
             try:
                 await self.register_node()
                 tasks = [
@@ -1042,6 +1098,8 @@ class NodeAgent:
                 await self.forwarder.close()
             finally:
                 await self._http.close()
+                if kubelet is not None:
+                    await kubelet.cleanup()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -10,6 +10,7 @@ dependency versions. Results are cached per user, keyed by version.
 
 from __future__ import annotations
 
+import fcntl
 import os
 import re
 import shutil
@@ -268,6 +269,21 @@ def ensure_binaries(
     if is_built(version) and not force:
         return final
     go = find_go()
+    cache_dir(version).mkdir(parents=True, exist_ok=True)
+    with (cache_dir(version) / "build.lock").open("w") as lock:
+        # Another process (a test session, `make demo`) may be building the same version.
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            progress(f"waiting for another build of Kubernetes {version} to finish ...")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            if is_built(version) and not force:
+                return final
+        return _build_all(go, version, etcd_version, progress)
+
+
+def _build_all(go: str, version: str, etcd_version: str, progress: Progress) -> Path:
+    final = bin_dir(version)
     started = time.monotonic()
     progress(
         f"building etcd {etcd_version} and Kubernetes {version} from the Go module proxy into "
@@ -287,5 +303,9 @@ def ensure_binaries(
     _stamp(version).write_text(
         f"kubernetes {version}\netcd {etcd_version}\nbuild_seconds {seconds:.0f}\n"
     )
-    progress(f"built in {time.monotonic() - started:.0f}s: {final}")
+    progress(f"built in {seconds:.0f}s: {final}")
+    progress(
+        "  (Go's module and build caches, a few GB, are no longer needed: "
+        "`go clean -cache -modcache` frees them)"
+    )
     return final

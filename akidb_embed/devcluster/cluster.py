@@ -19,6 +19,7 @@ import contextlib
 import hashlib
 import json
 import os
+import random
 import shutil
 import socket
 import ssl
@@ -58,19 +59,29 @@ def default_state_dir() -> Path:
     return Path(base) / "akidb-embed" / "devcluster"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+# Below Linux's ephemeral range (32768+), so outgoing connections never hold our ports,
+# and below the NodePort range (30000-32767), which the node agent listens on.
+_PORT_RANGE = (10000, 29999)
 
 
 def _port_busy(port: int) -> bool:
     with socket.socket() as s:
+        # As servers do: connections of a previous run in TIME_WAIT do not block the port.
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
             return True
     return False
+
+
+def _free_port(taken: set[int]) -> int:
+    for _ in range(1000):
+        port = random.randint(*_PORT_RANGE)
+        if port not in taken and not _port_busy(port):
+            taken.add(port)
+            return port
+    raise ClusterError(f"found no free port in {_PORT_RANGE} on 127.0.0.1")
 
 
 def _default_pod_subnet(state_dir: Path) -> str:
@@ -89,6 +100,8 @@ class ClusterConfig:
     apiserver_port: int = 0
     controller_manager_port: int = 0
     scheduler_port: int = 0
+    # The node agent's kubelet API (container logs), on the node IP.
+    kubelet_port: int = 0
     pod_subnet: str = ""
     service_cidr: str = SERVICE_CIDR
     # Crash-loop back-off of the node agent (the kubelet uses 10 s doubling to 300 s).
@@ -220,15 +233,18 @@ class DevCluster:
         if self.config_path.exists():
             cfg = ClusterConfig.load(self.config_path)
         else:
+            taken: set[int] = set()
             cfg = ClusterConfig(
                 node_name=self._node_name,
-                etcd_port=_free_port(),
-                etcd_peer_port=_free_port(),
-                apiserver_port=_free_port(),
-                controller_manager_port=_free_port(),
-                scheduler_port=_free_port(),
+                etcd_port=_free_port(taken),
+                etcd_peer_port=_free_port(taken),
+                apiserver_port=_free_port(taken),
+                controller_manager_port=_free_port(taken),
+                scheduler_port=_free_port(taken),
                 pod_subnet=self._pod_subnet or _default_pod_subnet(self.state_dir),
             )
+        if not cfg.kubelet_port:  # state from before the kubelet API existed
+            cfg.kubelet_port = _free_port({cfg.etcd_port, cfg.etcd_peer_port, cfg.apiserver_port})
         # Tunables given explicitly win over the stored ones; ports and subnet stay put.
         if self._backoff_base_s is not None:
             cfg.backoff_base_s = self._backoff_base_s
@@ -313,6 +329,11 @@ class DevCluster:
                 # A loopback advertise address fails Endpoints validation.
                 "--endpoint-reconciler-type=none",
                 "--allow-privileged=true",
+                # `kubectl logs` goes through the node agent's kubelet API on the node IP.
+                f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
+                f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
+                f"--kubelet-certificate-authority={pki / 'ca.crt'}",
+                "--kubelet-preferred-address-types=InternalIP",
                 "--profiling=false",
                 "--v=1",
             ]
@@ -448,7 +469,7 @@ class DevCluster:
         build.ensure_binaries(cfg.kube_version, progress=progress)
         from akidb_embed.devcluster import pki
 
-        pki.ensure_pki(self.pki_dir, ["127.0.0.1", KUBERNETES_SERVICE_IP])
+        pki.ensure_pki(self.pki_dir, ["127.0.0.1", KUBERNETES_SERVICE_IP], [cfg.node_ip])
         self._write_kubeconfig(self.kubeconfig, cfg, "admin")
         for who in ("controller-manager", "scheduler"):
             self._write_kubeconfig(self.state_dir / "kubeconfig" / f"{who}.kubeconfig", cfg, who)

@@ -24,6 +24,8 @@ CLIENTS: dict[str, tuple[str, list[str]]] = {
     "admin": ("kubernetes-admin", ["system:masters"]),
     "controller-manager": ("system:kube-controller-manager", []),
     "scheduler": ("system:kube-scheduler", []),
+    # The API server calling the node agent's kubelet API (`kubectl logs`).
+    "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", []),
 }
 
 SERVING_DNS_NAMES = (
@@ -54,6 +56,14 @@ class Pki:
     @property
     def serving_key(self) -> Path:
         return self.dir / "apiserver.key"
+
+    @property
+    def kubelet_cert(self) -> Path:
+        return self.dir / "kubelet.crt"
+
+    @property
+    def kubelet_key(self) -> Path:
+        return self.dir / "kubelet.key"
 
     @property
     def sa_key(self) -> Path:
@@ -106,7 +116,7 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
     )
 
 
-def ensure_pki(pki_dir: Path, serving_ips: list[str]) -> Pki:
+def ensure_pki(pki_dir: Path, serving_ips: list[str], node_ips: list[str] | None = None) -> Pki:
     """Create whatever of the CA, serving/client certificates and SA keys is missing."""
     pki = Pki(pki_dir)
     pki_dir.mkdir(parents=True, exist_ok=True)
@@ -144,7 +154,14 @@ def ensure_pki(pki_dir: Path, serving_ips: list[str]) -> Pki:
     ca_key = _load_key(pki.ca_key)
     ca_cert = x509.load_pem_x509_certificate(pki.ca_cert.read_bytes())
 
-    def issue(cert_path: Path, key_path: Path, subject: x509.Name, server: bool) -> None:
+    def issue(
+        cert_path: Path,
+        key_path: Path,
+        subject: x509.Name,
+        server: bool,
+        ips: list[str] | None = None,
+        dns: tuple[str, ...] = SERVING_DNS_NAMES,
+    ) -> None:
         if cert_path.exists() and key_path.exists():
             return
         key = ec.generate_private_key(ec.SECP256R1())
@@ -155,14 +172,16 @@ def ensure_pki(pki_dir: Path, serving_ips: list[str]) -> Pki:
             .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
         )
         if server:
-            sans: list[x509.GeneralName] = [x509.DNSName(d) for d in SERVING_DNS_NAMES]
-            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in serving_ips]
+            sans: list[x509.GeneralName] = [x509.DNSName(d) for d in dns]
+            sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips or []]
             builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
         cert = builder.sign(ca_key, hashes.SHA256())
         _write_key(key_path, key)
         cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
 
-    issue(pki.serving_cert, pki.serving_key, _name("kube-apiserver"), server=True)
+    issue(pki.serving_cert, pki.serving_key, _name("kube-apiserver"), True, serving_ips)
+    if node_ips:
+        issue(pki.kubelet_cert, pki.kubelet_key, _name("local-node-agent"), True, node_ips, ())
     for who, (cn, orgs) in CLIENTS.items():
         issue(pki.client_cert(who), pki.client_key(who), _name(cn, orgs), server=False)
 

@@ -277,6 +277,14 @@ async def _lifecycle(app: web.Application) -> AsyncIterator[None]:
     await gw.router.close()
 
 
+async def _close_when_draining(request: web.Request, response: web.StreamResponse) -> None:
+    # While draining, tell keep-alive clients to reconnect (to another replica) now,
+    # rather than finding their idle connection closed when this one stops.
+    if request.app[GATEWAY].draining:
+        response.force_close()
+        response.headers["Connection"] = "close"
+
+
 def create_app(config: GatewayConfig, backend: ClusterBackend) -> web.Application:
     registry = Registry()
     metrics_ = Metrics()
@@ -287,6 +295,7 @@ def create_app(config: GatewayConfig, backend: ClusterBackend) -> web.Applicatio
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[GATEWAY] = Gateway(config, backend, registry, metrics_, router)
     app.cleanup_ctx.append(_lifecycle)
+    app.on_response_prepare.append(_close_when_draining)
     app.router.add_post("/api/v1/embed", embed_native)
     app.router.add_get("/api/v1/models", list_models)
     app.router.add_post("/v1/embeddings", embed_openai)

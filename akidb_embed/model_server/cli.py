@@ -70,6 +70,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         default=0,
         help="ONNX Runtime intra-op threads (default 0 = one per physical core)",
     )
+    p.add_argument(
+        "--ort-spin",
+        action="store_true",
+        help="let ONNX Runtime threads spin between runs (off by default: it starves the "
+        "event loop on small CPUs)",
+    )
     p.add_argument("--name", default=None, help="model name to serve as (default: manifest name)")
     p.add_argument(
         "--drain-timeout",
@@ -121,6 +127,7 @@ def run_serve(args: argparse.Namespace) -> int:
             name=args.name,
             verify=not args.no_verify,
             max_batch_size=args.max_batch_size,
+            spin=args.ort_spin,
         )
 
     async def main() -> int:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from typing import Any, cast
 
 from akidb_embed.operator.config import add_arguments, from_args
 
@@ -24,23 +25,34 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_operator(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import socket
+
     import kopf
 
     from akidb_embed.operator.handlers import Operator, register
 
     config = from_args(args)
+    # Known identity and priority, so the periodic tick can follow kopf's peering rule.
+    identity = os.environ.get("POD_ID") or (
+        f"{os.environ.get('USER', 'akidb')}@{socket.gethostname()}/{os.getpid()}/{int(time.time())}"
+    )
+    # The newest replica acts and older ones pause: a rollout hands over cleanly.
+    priority = config.peering_priority if config.peering_priority is not None else int(time.time())
+    if logging.getLogger().level > logging.DEBUG:
+        # kopf logs every handler run at INFO; our decisions are logged (and posted) already.
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     registry = kopf.OperatorRegistry()
-    register(registry, Operator(config))
+    register(registry, Operator(config, identity=identity, priority=priority))
     kopf.run(
         registry=registry,
         namespaces=[config.namespace],
         clusterwide=False,
         standalone=config.standalone,
         peering_name=None if config.standalone else config.peering,
-        # The newest replica acts and older ones pause: a rollout hands over cleanly.
-        priority=config.peering_priority
-        if config.peering_priority is not None
-        else int(time.time()),
+        priority=priority,
+        identity=cast(Any, identity),
         liveness_endpoint=config.liveness or None,
     )
     return 0

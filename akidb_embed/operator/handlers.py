@@ -9,7 +9,8 @@ Everything that decides lives elsewhere: `placement.decide` (which pods run),
 - `Operator.reconcile` runs one placement decision at a time (one lock); concurrent
   triggers coalesce into the next decision. Triggers: any EmbeddingModel event (the
   gateway's status.requestedAt included), any model-server pod event, conversion
-  Jobs finishing, and a timer on the models that hold or wait for a slot.
+  Jobs finishing, and a periodic tick (idle timeouts, residency expiry) that runs
+  only while this replica is the active kopf peer.
 - Conversion: a Job per (spec generation, artifact key), Converted / ConversionFailed.
 
 kopf's change detection ignores `status`, so demand (status.requestedAt) is seen
@@ -49,7 +50,13 @@ from akidb_embed.operator.placement import (
     Wait,
     decide,
 )
-from akidb_embed.operator.state import WriteOverlay, model_snapshot, model_view, pod_view
+from akidb_embed.operator.state import (
+    WriteOverlay,
+    model_snapshot,
+    model_view,
+    peering_allows,
+    pod_view,
+)
 
 Body = dict[str, Any]
 log = logging.getLogger("akidb_embed.operator")
@@ -76,7 +83,7 @@ def _iso(epoch: float) -> str:
 class Operator:
     """The operator's one decision loop and its writes to the API server."""
 
-    def __init__(self, config: OperatorConfig) -> None:
+    def __init__(self, config: OperatorConfig, identity: str = "", priority: int = 0) -> None:
         self.config = config
         self.lock = asyncio.Lock()
         self.overlay = WriteOverlay()
@@ -84,6 +91,10 @@ class Operator:
         self._completed = 0
         self.api: client.ApiClient | None = None
         self.decisions = 0
+        self.identity = identity
+        self.priority = priority
+        self.indexes: tuple[kopf.Index, kopf.Index] | None = None
+        self.ticker: asyncio.Task[None] | None = None
 
     # -- API access -------------------------------------------------------------------
 
@@ -155,6 +166,8 @@ class Operator:
 
     async def reconcile(self, models: kopf.Index, pods: kopf.Index) -> None:
         """Run a placement decision unless one that started after this call covers it."""
+        # kopf hands indexes only to handlers, and only once they are complete.
+        self.indexes = (models, pods)
         self._requested += 1
         ticket = self._requested
         async with self.lock:
@@ -165,6 +178,28 @@ class Operator:
                 await self._decide_and_apply(models, pods)
             finally:
                 self._completed = started
+
+    async def is_active_peer(self) -> bool:
+        if self.config.standalone:
+            return True
+        try:
+            peering = await self.custom.get_namespaced_custom_object(
+                "kopf.dev", "v1", self.config.namespace, "kopfpeerings", self.config.peering
+            )
+        except ApiException:
+            return False  # no peering object: kopf pauses too (mandatory peering)
+        return peering_allows(
+            peering.get("status") or {}, self.identity, self.priority, time.time()
+        )
+
+    async def tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick)
+            try:
+                if self.indexes is not None and await self.is_active_peer():
+                    await self.reconcile(*self.indexes)
+            except Exception:
+                log.exception("periodic decision failed; retrying next tick")
 
     def _bodies(self, models: kopf.Index) -> dict[str, Body]:
         bodies: dict[str, Body] = {}
@@ -194,6 +229,7 @@ class Operator:
                 log.warning("%s on %s failed: %s", type(action).__name__, action.model, exc)
 
     async def apply(self, action: Action, body: Body, now: float) -> None:
+        log.info("%s: %s", type(action).__name__, getattr(action, "message", action.model))
         status = body.get("status") or {}
         conditions = status.get("conditions")
         gen = body["metadata"].get("generation")
@@ -534,7 +570,6 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=k8s.GROUP, key="last-handled-configuration"
         )
-        settings.persistence.finalizer = f"{k8s.GROUP}/operator"
         try:
             kube_config.load_incluster_config()
         except kube_config.ConfigException:
@@ -585,15 +620,15 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
             logger,
         )
 
-    def holds_or_waits(status: kopf.Status, **_: Any) -> bool:
-        if status.get("phase") in (ACTIVATING, READY, EVICTING):
-            return True
-        return any(
-            c.get("type") == objects.CAPACITY_EXHAUSTED and c.get("status") == "True"
-            for c in status.get("conditions") or []
-        )
+    # Idle timeouts and residency expiry happen without any event. A kopf timer would
+    # put a finalizer on every active model (and block namespace deletion whenever the
+    # operator is gone), so one background task ticks instead, only while this replica
+    # is the active peer.
+    @kopf.on.startup(id="start_ticking", registry=registry)
+    async def start_ticking(**_: Any) -> None:
+        operator.ticker = asyncio.create_task(operator.tick_forever())
 
-    # Idle timeouts and residency expiry happen without any event: tick while it matters.
-    @kopf.timer(*em, interval=config.tick, when=holds_or_waits, id="tick", registry=registry)  # type: ignore[arg-type]
-    async def tick(embedding_models: kopf.Index, model_pods: kopf.Index, **_: Any) -> None:
-        await operator.reconcile(embedding_models, model_pods)
+    @kopf.on.cleanup(id="stop_ticking", registry=registry)
+    async def stop_ticking(**_: Any) -> None:
+        if operator.ticker is not None:
+            operator.ticker.cancel()

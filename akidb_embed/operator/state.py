@@ -138,3 +138,19 @@ class WriteOverlay:
         merged = dict(body)
         merged["status"] = {**status, **{k: v for k, v in ours.items() if v is not None}}
         return merged
+
+
+def peering_allows(peers: Body, identity: str, priority: int, now: float) -> bool:
+    """kopf's peering rule: act unless another live peer has the same or a higher priority.
+
+    `peers` is a KopfPeering's status: {identity: {priority, lifetime, lastseen}}.
+    """
+    for peer, info in peers.items():
+        if peer == identity or not isinstance(info, dict):
+            continue
+        seen = k8s.parse_time(info.get("lastseen"))
+        if seen is None or seen + float(info.get("lifetime", 60)) <= now:
+            continue  # dead
+        if int(info.get("priority", 0)) >= priority:
+            return False
+    return True

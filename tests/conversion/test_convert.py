@@ -13,7 +13,13 @@ import numpy as np
 import onnx
 import pytest
 
-from akidb_embed.artifact import MODEL_FILE, TOKENIZER_FILE, ArtifactManifest, verify_files
+from akidb_embed.artifact import (
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    ArtifactManifest,
+    artifact_key,
+    verify_files,
+)
 from akidb_embed.cli import main as cli_main
 from akidb_embed.conversion import ConversionError, ParityError, convert, seed_hf_cache
 from akidb_embed.conversion.parity import ParityReference
@@ -209,6 +215,7 @@ def test_cli_converts_from_seeded_hub_cache_offline(tiny_bert_checkpoint: Path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = ArtifactManifest.load(out)
     assert m.source == "test-org/tiny-bert" and m.revision == "main"
+    assert m.key == artifact_key("test-org/tiny-bert", "main", "fp32")
     assert m.name == "tiny-bert"
     verify_files(out, m)
     assert "TensorRT warm-up skipped" in proc.stderr
@@ -285,3 +292,27 @@ def test_slow_tokenizer_only_source(tiny_bert_checkpoint: Path, tmp_path):
     original.no_truncation()
     for text in TEXTS:
         assert made.encode(text).ids == original.encode(text).ids
+
+
+def test_minilm_hf_cache_fixture(minilm_hf_cache: Path, minilm_checkpoint: Path):
+    from huggingface_hub import snapshot_download
+
+    from tests.fixtures.models import MINILM_REPO_ID
+
+    found = Path(
+        snapshot_download(MINILM_REPO_ID, cache_dir=str(minilm_hf_cache), local_files_only=True)
+    )
+    assert (found / "model.safetensors").read_bytes() == (
+        minilm_checkpoint / "model.safetensors"
+    ).read_bytes()
+    assert (found / "1_Pooling" / "config.json").is_file()
+
+
+def test_opset_17_request_is_converted(tiny_bert_checkpoint: Path, tmp_path):
+    m = convert(tiny_bert_checkpoint, tmp_path / "o17", opset=17, **BERT_OPTS)
+    assert m.opset == 17
+    assert m.key == artifact_key(str(tiny_bert_checkpoint), "main", "fp32", 17)
+    assert m.key != artifact_key(str(tiny_bert_checkpoint), "main", "fp32")
+    graph = onnx.load(str(tmp_path / "o17" / MODEL_FILE))
+    assert [o.version for o in graph.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    assert m.parity is not None and m.parity.min_cosine >= 0.999

@@ -78,7 +78,7 @@ def test_family_rules_and_hidden_size_from_config(plain_bert: Path):
 
 
 def test_catalog_dimension_mismatch(plain_bert: Path):
-    with pytest.raises(RulesError, match="dimension 384 but the checkpoint .* hidden_size 32"):
+    with pytest.raises(RulesError, match=r"dimension 384 but the checkpoint .* hidden_size 32"):
         resolve_rules(plain_bert, str(plain_bert), False, name="bge-small-en-v1.5")
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import random
 import signal
+import socket
 import subprocess
 import textwrap
 import time
@@ -34,7 +36,19 @@ HTTP_SERVER = textwrap.dedent(
 )
 
 
-def web_manifest(namespace: str) -> str:
+def _free_port() -> int:
+    # Outside the ephemeral and NodePort ranges, like the cluster's own ports.
+    while True:
+        port = random.randint(20000, 29999)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+
+
+def web_manifest(namespace: str, host_port: int) -> str:
     return f"""
 apiVersion: apps/v1
 kind: Deployment
@@ -52,12 +66,16 @@ spec:
         image: python:3.11-slim
         command: ["python", "-c", {json.dumps(HTTP_SERVER)}]
         args: ["$(POD_IP)", "8080"]
-        ports: [{{name: http, containerPort: 8080}}]
+        ports: [{{name: http, containerPort: 8080, hostPort: {host_port}}}]
         env:
         - name: POD_IP
           valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
         - name: POD_NAME
           valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+        startupProbe:
+          tcpSocket: {{port: http}}
+          periodSeconds: 1
+          failureThreshold: 30
         readinessProbe:
           httpGet: {{path: /, port: http}}
           periodSeconds: 1
@@ -102,9 +120,9 @@ def _http_get(url: str, timeout: float = 3) -> str:
 
 @pytest.fixture(scope="module")
 def web(cluster: TestCluster) -> tuple[str, dict]:
-    """A Deployment + NodePort Service, waited until its pod is Ready."""
+    """A Deployment (with a hostPort) + NodePort Service, waited until its pod is Ready."""
     ns = cluster.namespace("web")
-    cluster.apply(web_manifest(ns))
+    cluster.apply(web_manifest(ns, _free_port()))
 
     def ready_pod() -> dict | None:
         pods = [p for p in _pods(cluster, ns, "app=web") if _ready(p)]
@@ -210,6 +228,15 @@ def test_nodeport_service_is_reachable_on_localhost(
             lambda h=host: _http_get(f"http://{h}:{node_port}/"), 20, f"{host}:{node_port}"
         )
         assert body == expected
+
+
+def test_host_port_is_forwarded_from_localhost(cluster: TestCluster, web: tuple[str, dict]) -> None:
+    _, pod = web
+    host_port = pod["spec"]["containers"][0]["ports"][0]["hostPort"]
+    body = cluster.wait_for(
+        lambda: _http_get(f"http://127.0.0.1:{host_port}/"), 20, f"127.0.0.1:{host_port}"
+    )
+    assert body == f"hello from {pod['metadata']['name']}"
 
 
 def test_service_account_rbac_is_enforced(cluster: TestCluster) -> None:
@@ -457,6 +484,11 @@ spec:
     assert pod["status"]["phase"] == "Succeeded"
     assert pod["status"]["containerStatuses"][0]["state"]["terminated"]["reason"] == "Completed"
     assert "job done" in cluster.pod_log(ns, pod["metadata"]["name"])
+    # `kubectl logs` reaches the node agent's kubelet API through the API server.
+    logs = cluster.kubectl("logs", "job/once", "-n", ns).stdout
+    assert logs == "job done\n"
+    followed = cluster.kubectl("logs", "-f", pod["metadata"]["name"], "-n", ns, timeout=20)
+    assert followed.stdout == "job done\n"  # and it returned: the container has ended
 
 
 def test_second_up_reuses_the_running_cluster(cluster: TestCluster) -> None:
@@ -530,3 +562,51 @@ def test_a_second_cluster_runs_beside_and_down_stops_only_its_own(
     # The session's cluster did not notice.
     assert cluster.dev.status().running
     assert cluster.kubectl("get", "node", cluster.node_name).returncode == 0
+
+
+def test_exec_probes_drive_readiness_and_liveness_restarts(
+    cluster: TestCluster, tmp_path: Path
+) -> None:
+    ns = cluster.namespace("probe")
+    flags = tmp_path / "flags"
+    flags.mkdir()
+    cluster.apply(
+        f"""
+apiVersion: v1
+kind: Pod
+metadata: {{name: probed, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: main
+    image: none
+    command: ["sleep", "600"]
+    readinessProbe:
+      exec: {{command: ["test", "-e", "{flags}/ready"]}}
+      periodSeconds: 1
+      failureThreshold: 1
+    livenessProbe:
+      exec: {{command: ["test", "!", "-e", "{flags}/dead"]}}
+      periodSeconds: 1
+      failureThreshold: 2
+"""
+    )
+
+    def status() -> dict:
+        return dict(cluster.get_json("pod", "probed", "-n", ns)["status"])
+
+    cluster.wait_for(lambda: status().get("phase") == "Running", 30, "the pod to run")
+    time.sleep(1.5)
+    assert not _ready(cluster.get_json("pod", "probed", "-n", ns))
+    (flags / "ready").touch()
+    cluster.wait_for(lambda: _ready({"status": status()}), 15, "Ready after the flag")
+    (flags / "ready").unlink()
+    cluster.wait_for(lambda: not _ready({"status": status()}), 15, "not Ready without it")
+    (flags / "dead").touch()
+    cs = cluster.wait_for(
+        lambda: status()["containerStatuses"][0]["restartCount"] >= 1 and status(),
+        20,
+        "a liveness restart",
+    )["containerStatuses"][0]
+    assert cs["lastState"]["terminated"]["exitCode"] == 143  # SIGTERM, as in a container
+    (flags / "dead").unlink()

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -13,7 +15,7 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from akidb_embed.cli import build_parser
-from akidb_embed.devcluster import agent_state, build, cluster, pki, podspec, procs
+from akidb_embed.devcluster import agent_state, build, cluster, pki, podspec, procs, proxy
 
 
 def test_expand_follows_kubelet_rules() -> None:
@@ -174,3 +176,36 @@ def test_config_roundtrip_and_node_ip(tmp_path: Path) -> None:
     assert again == cfg and again.node_ip == "127.77.0.1"
     assert again.server == "https://127.0.0.1:6443"
     assert json.loads((tmp_path / "c.json").read_text())["pod_subnet"] == "127.77.0.0/16"
+
+
+async def test_forwarder_skips_a_dead_backend_and_relays_both_ways() -> None:
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"echo:" + await reader.readline())
+        await writer.drain()
+        writer.close()
+
+    live = await asyncio.start_server(echo, "127.0.0.1", 0)
+    live_port = live.sockets[0].getsockname()[1]
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        dead_port = s.getsockname()[1]
+    backends = [("127.0.0.1", dead_port), ("127.0.0.1", live_port)]
+    fwd = proxy.Forwarder()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        listen_port = s.getsockname()[1]
+    key = ("127.0.0.1", listen_port)
+    await fwd.reconcile({key: ("test", lambda: list(backends))})
+    assert fwd.listening == [key]
+    for _ in range(4):  # backends are shuffled: the dead one is hit first some of the time
+        reader, writer = await asyncio.open_connection(*key)
+        writer.write(b"hi\n")
+        await writer.drain()
+        assert await asyncio.wait_for(reader.read(), 5) == b"echo:hi\n"
+        writer.close()
+    await fwd.reconcile({})
+    assert fwd.listening == []
+    with pytest.raises(OSError):
+        await asyncio.open_connection(*key)
+    await fwd.close()
+    live.close()

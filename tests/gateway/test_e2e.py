@@ -1,8 +1,8 @@
 """End to end on the local cluster: everything installed from crds/ and manifests/.
 
 Operator, 2 gateway replicas (as pods, with their own ServiceAccount: RBAC for real)
-and real model-server pods. Models point at pre-converted artifacts (`source.path`),
-so no conversion is waited for. The gateway is reached through its Service made a
+and real model-server pods. Models point at local checkpoints (`source.path`); the
+operator converts them with Jobs on the node. The gateway is reached through its Service made a
 NodePort (what the local overlay should do; patched here if it does not yet).
 """
 
@@ -54,7 +54,7 @@ class Stack:
         return sum(int(e.get("count") or 1) for e in items)
 
 
-def em(name: str, artifact: Path, dimension: int) -> dict[str, Any]:
+def em(name: str, artifact: Path, dimension: int, family: str) -> dict[str, Any]:
     return {
         "apiVersion": "akidb.io/v1alpha1",
         "kind": "EmbeddingModel",
@@ -62,6 +62,7 @@ def em(name: str, artifact: Path, dimension: int) -> dict[str, Any]:
         "spec": {
             "source": {"path": str(artifact)},
             "dimension": dimension,
+            "family": family,
             "executionProviders": ["CPU"],
             "precision": "fp32",
             "resources": {"memory": "256Mi"},
@@ -71,7 +72,7 @@ def em(name: str, artifact: Path, dimension: int) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def stack(
-    cluster: Any, minilm_artifact: Path, tiny_bert_artifact: Path, tiny_qwen3_artifact: Path
+    cluster: Any, minilm_checkpoint: Path, tiny_bert_checkpoint: Path, tiny_qwen3_checkpoint: Path
 ) -> Iterator[Stack]:
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
     cluster.wait_for(
@@ -92,14 +93,18 @@ def stack(
         svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
     node_port = svc["spec"]["ports"][0]["nodePort"]
     models = {
-        "e2e-minilm": (minilm_artifact, 384),
-        "e2e-bert-a": (tiny_bert_artifact, 32),
-        "e2e-bert-b": (tiny_bert_artifact, 32),
-        "e2e-qwen": (tiny_qwen3_artifact, 64),
-        "e2e-bert-c": (tiny_bert_artifact, 32),
+        "e2e-minilm": (minilm_checkpoint, 384, "sentence-transformers"),
+        "e2e-bert-a": (tiny_bert_checkpoint, 32, "bge"),
+        "e2e-bert-b": (tiny_bert_checkpoint, 32, "bge"),
+        "e2e-qwen": (tiny_qwen3_checkpoint, 64, "qwen3-embedding"),
+        "e2e-bert-c": (tiny_bert_checkpoint, 32, "bge"),
     }
-    for name, (artifact, dim) in models.items():
-        cluster.apply(json.dumps(em(name, artifact, dim)))
+    # start from scratch (a reused cluster may hold them from an earlier run)
+    cluster.kubectl(
+        "delete", "em", "-n", NS, "--ignore-not-found", "--wait=true", *models, timeout=120
+    )
+    for name, (source, dim, family) in models.items():
+        cluster.apply(json.dumps(em(name, source, dim, family)))
 
     def gateways_ready() -> bool:
         pods = cluster.get_json("pods", "-n", NS, "-l", GATEWAY_SELECTOR)["items"]
@@ -122,9 +127,16 @@ def stack(
         }
         return all(p in ("Standby", "Ready") for p in phases.values())
 
-    cluster.wait_for(standby, 180, "models in Standby")
+    cluster.wait_for(standby, 420, "models in Standby")
     yield Stack(
-        cluster, f"http://{cluster.node_ip}:{node_port}", {n: a for n, (a, _) in models.items()}
+        cluster, f"http://{cluster.node_ip}:{node_port}", {n: m[0] for n, m in models.items()}
+    )
+
+
+def is_ready(pod: dict[str, Any]) -> bool:
+    return not pod["metadata"].get("deletionTimestamp") and any(
+        c["type"] == "Ready" and c["status"] == "True"
+        for c in pod.get("status", {}).get("conditions", [])
     )
 
 
@@ -143,9 +155,21 @@ async def test_minilm_through_the_gateway_matches_the_model_server(stack: Stack)
         ) as r:
             assert r.status == 200, await r.text()
             via = await r.json()
-        pod = next(p for p in stack.model_pods("e2e-minilm") if p["status"].get("podIP"))
+        ready = await asyncio.to_thread(
+            stack.cluster.wait_for,
+            lambda: [p for p in stack.model_pods("e2e-minilm") if is_ready(p)],
+            60,
+            "a Ready e2e-minilm pod",
+        )
+        pod = ready[0]
+        port = next(
+            port["containerPort"]
+            for c in pod["spec"]["containers"]
+            for port in c.get("ports", [])
+            if port.get("name") == "http"
+        )
         async with http.post(
-            f"http://{pod['status']['podIP']}:8080/embed", json={"texts": texts}
+            f"http://{pod['status']['podIP']}:{port}/embed", json={"texts": texts}
         ) as r:
             direct = await r.json()
     assert via["model"] == "e2e-minilm" and via["dimension"] == 384

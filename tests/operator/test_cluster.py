@@ -1,0 +1,449 @@
+"""The operator on the real local cluster, running as a pod under its own ServiceAccount.
+
+The overlay manifests/overlays/local is rendered with kustomize and applied as is,
+except that the model store and Hugging Face cache point at this session's temporary
+folders (the node is this machine). Models are real: all-MiniLM-L6-v2 is converted by
+a Job from a seeded, offline HF cache; the LRU tests use tiny BERT checkpoints by path.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from akidb_embed import k8s
+
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
+
+ROOT = Path(__file__).resolve().parents[2]
+NS = k8s.DEFAULT_NAMESPACE
+CAPACITY = 3
+MIN_RESIDENCY = 5.0  # the local overlay's AKIDB_MIN_RESIDENCY
+MODEL_SERVER = f"{k8s.LABEL_NAME}={k8s.MODEL_SERVER_APP}"
+
+
+@dataclass
+class Deployed:
+    cluster: Any
+    store: Path
+    tiny: Path
+    names: list[str] = field(default_factory=list)
+
+    def kubectl(self, *args: str, **kw: Any) -> Any:
+        return self.cluster.kubectl(*args, **kw)
+
+    def em(self, name: str) -> dict[str, Any]:
+        return self.cluster.get_json("em", name, "-n", NS)
+
+    def phase(self, name: str) -> str:
+        return (self.em(name).get("status") or {}).get("phase", "")
+
+    def wait_phase(self, name: str, phase: str, timeout: float = 90) -> dict[str, Any]:
+        return self.cluster.wait_for(
+            lambda: self.em(name) if self.phase(name) == phase else None,
+            timeout,
+            f"{name} to be {phase}",
+        )
+
+    def demand(self, name: str) -> None:
+        """What the gateway does when a request arrives for a model that is not ready."""
+        patch = {"status": {"requestedAt": k8s.now_rfc3339()}}
+        self.kubectl(
+            "patch", "em", name, "-n", NS, "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+
+    def served(self, name: str) -> None:
+        """The gateway's recency flush after serving a request."""
+        patch = {"status": {"lastRequestTime": k8s.now_rfc3339()}}
+        self.kubectl(
+            "patch", "em", name, "-n", NS, "--subresource=status", "--type=merge",
+            "-p", json.dumps(patch),
+        )  # fmt: skip
+
+    def create_tiny(self, name: str, **spec: Any) -> None:
+        body = {
+            "apiVersion": k8s.API_VERSION,
+            "kind": k8s.KIND,
+            "metadata": {"name": name, "namespace": NS},
+            "spec": {
+                "source": {"path": str(self.tiny)},
+                "family": "bge",
+                "dimension": 32,
+                "maxLength": 128,
+                "pooling": "cls",
+                "executionProviders": ["CPU"],
+                "resources": {"memory": "256Mi"},
+                **spec,
+            },
+        }
+        self.cluster.apply(json.dumps(body))
+        self.names.append(name)
+
+    def events(self, name: str) -> list[dict[str, Any]]:
+        items = self.cluster.get_json(
+            "events", "-n", NS, "--field-selector", f"involvedObject.name={name}"
+        )["items"]
+        return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+    def model_pods(self) -> list[dict[str, Any]]:
+        return self.cluster.get_json("pods", "-n", NS, "-l", MODEL_SERVER)["items"]
+
+    def delete_models(self, *names: str) -> None:
+        for name in names:
+            self.kubectl("delete", "em", name, "-n", NS, "--wait=true", "--timeout=60s")
+        self.cluster.wait_for(
+            lambda: (
+                not any(
+                    p["metadata"]["labels"].get(k8s.LABEL_MODEL) in names for p in self.model_pods()
+                )
+            ),
+            60,
+            f"pods of {names} to be gone",
+        )
+
+
+def render_local_overlay(store: Path, hf_cache: Path, kubectl: Any) -> list[dict[str, Any]]:
+    rendered = kubectl("kustomize", str(ROOT / "manifests" / "overlays" / "local")).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    for doc in docs:
+        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "akidb-operator":
+            env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
+            overrides = {"AKIDB_MODEL_STORE": str(store), "AKIDB_HF_CACHE": str(hf_cache)}
+            for item in env:
+                if item["name"] in overrides:
+                    item["value"] = overrides.pop(item["name"])
+            env += [{"name": k, "value": v} for k, v in overrides.items()]
+    return docs
+
+
+@pytest.fixture(scope="module")
+def deployed(
+    cluster: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    minilm_checkpoint: Path,
+    tiny_bert_checkpoint: Path,
+) -> Iterator[Deployed]:
+    from akidb_embed.conversion.source import seed_hf_cache
+
+    kubectl = cluster.kubectl
+    if kubectl("get", "namespace", NS, check=False).returncode == 0:  # a reused cluster
+        kubectl("delete", "namespace", NS, "--wait=true", "--timeout=120s", timeout=150)
+    kubectl("apply", "-f", str(ROOT / "crds"))
+    kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
+
+    store = tmp_path_factory.mktemp("model-store")
+    hf_cache = tmp_path_factory.mktemp("hf-cache")
+    seed_hf_cache("sentence-transformers/all-MiniLM-L6-v2", minilm_checkpoint, hf_cache / "hub")
+    docs = render_local_overlay(store, hf_cache, kubectl)
+    cluster.apply("\n---\n".join(yaml.safe_dump(d) for d in docs))
+    cluster.wait_for(
+        lambda: any(
+            c.get("type") == "Ready" and c.get("status") == "True"
+            for p in cluster.get_json(
+                "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
+            )["items"]
+            for c in (p.get("status") or {}).get("conditions") or []
+        ),
+        90,
+        "the operator pod to be ready",
+    )
+    yield Deployed(cluster, store, tiny_bert_checkpoint)
+    kubectl("delete", "namespace", NS, "--wait=false", check=False)
+
+
+def test_operator_runs_under_its_own_least_privilege_service_account(deployed: Deployed) -> None:
+    pods = deployed.cluster.get_json(
+        "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
+    )["items"]
+    assert [p["spec"]["serviceAccountName"] for p in pods] == ["akidb-operator"]
+    sa = f"system:serviceaccount:{NS}:akidb-operator"
+
+    def can(verb: str, resource: str) -> bool:
+        proc = deployed.kubectl("auth", "can-i", verb, resource, "-n", NS, "--as", sa, check=False)
+        return proc.stdout.strip() == "yes"
+
+    assert can("patch", "embeddingmodels.akidb.io/status")
+    assert can("create", "jobs.batch") and can("patch", "deployments.apps")
+    assert not can("delete", "deployments.apps")
+    assert not can("create", "pods") and not can("get", "secrets")
+    assert can("watch", "pods")  # namespaced read is allowed...
+    proc = deployed.kubectl("auth", "can-i", "list", "pods", "-A", "--as", sa, check=False)
+    assert proc.stdout.strip() == "no"  # ...but nothing cluster-wide
+
+
+@pytest.mark.parametrize(
+    ("spec", "field", "message"),
+    [
+        ({"pooling": "max"}, "spec.pooling", "supported values"),
+        ({"precision": "fp8"}, "spec.precision", "supported values"),
+        ({"executionProviders": ["CPU", "ROCm"]}, "spec.executionProviders[1]", "supported"),
+        ({"matryoshkaDimensions": [64, 256]}, "spec.dimension", "matryoshkaDimensions"),
+        ({"resources": {"memory": "0"}}, "spec.resources.memory", "positive quantity"),
+        ({"resources": {"memory": "-1Gi"}}, "spec.resources.memory", "positive quantity"),
+        ({"source": {"repo": "just-a-name"}}, "spec.source.repo", "org/name"),
+        ({"source": {"path": "relative/dir"}}, "spec.source.path", "absolute path"),
+        ({"source": {"repo": "a/b", "path": "/x"}}, "spec.source", "exactly one of"),
+        ({"maxBatchSize": 0}, "spec.maxBatchSize", "greater than or equal to 1"),
+        ({"idleTimeout": "ten minutes"}, "spec.idleTimeout", "duration"),
+    ],
+)
+def test_invalid_resources_are_refused_naming_the_field(
+    deployed: Deployed, spec: dict[str, Any], field: str, message: str
+) -> None:
+    body = {
+        "apiVersion": k8s.API_VERSION,
+        "kind": k8s.KIND,
+        "metadata": {"name": "invalid", "namespace": NS},
+        "spec": {
+            "source": {"repo": "org/model"},
+            "dimension": 128,
+            "resources": {"memory": "512Mi"},
+            **spec,
+        },
+    }
+    proc = deployed.kubectl("apply", "-f", "-", input=json.dumps(body), check=False)
+    if proc.returncode == 0:
+        deployed.kubectl("delete", "em", "invalid", "-n", NS, "--wait=false")
+    assert proc.returncode != 0
+    assert field in proc.stderr and message in proc.stderr, proc.stderr
+
+
+def test_printer_columns(deployed: Deployed) -> None:
+    out = deployed.kubectl("get", "em", "-n", NS).stdout.splitlines()
+    assert out[0].split() == ["NAME", "DIMENSION", "PHASE", "LAST-REQUEST", "PINNED", "AGE"]
+    assert any(line.startswith("all-minilm-l6-v2 ") and " 384 " in line for line in out)
+
+
+def test_minilm_is_converted_by_a_job_and_reaches_standby(deployed: Deployed) -> None:
+    em = deployed.wait_phase("all-minilm-l6-v2", "Standby", timeout=300)
+    status = em["status"]
+    conditions = {c["type"]: c for c in status["conditions"]}
+    assert conditions["Converted"]["status"] == "True"
+    artifact = Path(status["artifact"]["path"])
+    assert artifact.parent == deployed.store
+    assert (artifact / "manifest.json").is_file() and (artifact / "model.onnx").is_file()
+    assert status["artifact"]["precision"] == "fp32"
+    jobs = deployed.cluster.get_json("jobs", "-n", NS, "-l", f"{k8s.LABEL_MODEL}=all-minilm-l6-v2")
+    (job,) = jobs["items"]
+    assert job["status"].get("succeeded") == 1
+    assert job["metadata"]["ownerReferences"][0]["name"] == "all-minilm-l6-v2"
+    reasons = [e["reason"] for e in deployed.events("all-minilm-l6-v2")]
+    assert "ConversionStarted" in reasons and "Converted" in reasons
+    dep = deployed.cluster.get_json("deployment", "model-all-minilm-l6-v2", "-n", NS)
+    assert dep["spec"]["replicas"] == 0  # Standby
+
+
+def test_a_failed_conversion_reports_the_reason(deployed: Deployed) -> None:
+    deployed.create_tiny("broken", source={"path": "/nonexistent/checkpoint"})
+    em = deployed.wait_phase("broken", "Failed", timeout=120)
+    assert em["status"]["reason"] == "ConversionFailed"
+    assert (
+        "/nonexistent/checkpoint" in em["status"]["message"]
+        or "exit code" in em["status"]["message"]
+    )
+    assert "ConversionFailed" in [e["reason"] for e in deployed.events("broken")]
+    deployed.delete_models("broken")
+
+
+def _ready_model_names(deployed: Deployed) -> set[str]:
+    return {
+        p["metadata"]["labels"][k8s.LABEL_MODEL]
+        for p in deployed.model_pods()
+        if not p["metadata"].get("deletionTimestamp")
+        and any(
+            c["type"] == "Ready" and c["status"] == "True"
+            for c in (p.get("status") or {}).get("conditions") or []
+        )
+    }
+
+
+def test_lru_eviction_in_order_with_events_and_a_pinned_survivor(deployed: Deployed) -> None:
+    names = ["lru-a", "lru-b", "lru-c", "lru-d", "lru-e"]
+    deployed.create_tiny("lru-a", pinned=True)
+    for name in names[1:]:
+        deployed.create_tiny(name)
+    for name in names:
+        deployed.wait_phase(name, "Standby", timeout=180)
+
+    # Fill the node: a (pinned), b, c, in that order.
+    for name in names[:3]:
+        deployed.demand(name)
+        deployed.wait_phase(name, "Ready", timeout=60)
+    time.sleep(MIN_RESIDENCY + 1)
+    # Recent traffic on c; a is pinned: b is the least recently used evictable model.
+    deployed.served("lru-c")
+
+    deployed.demand("lru-d")
+    deployed.wait_phase("lru-d", "Ready", timeout=60)
+    assert deployed.phase("lru-b") == "Standby"
+    b = deployed.em("lru-b")["status"]
+    assert b["evictions"] == 1 and b["lastEvictedAt"]
+    evicted = [e for e in deployed.events("lru-b") if e["reason"] == "Evicted"]
+    assert evicted and "least recently used of 1)" in evicted[-1]["message"]  # c is recent
+    assert evicted[-1]["message"].startswith("Evicted lru-b (idle ")
+    assert evicted[-1]["message"].endswith("to activate lru-d")
+    assert _ready_model_names(deployed) == {"lru-a", "lru-c", "lru-d"}
+
+    # Next in LRU order is c (d is within its minimum residency, a is pinned).
+    time.sleep(MIN_RESIDENCY + 1)
+    deployed.served("lru-d")
+    deployed.demand("lru-e")
+    deployed.wait_phase("lru-e", "Ready", timeout=60)
+    assert deployed.phase("lru-c") == "Standby"
+    assert _ready_model_names(deployed) == {"lru-a", "lru-d", "lru-e"}
+    assert deployed.phase("lru-a") == "Ready"
+    assert not [e for e in deployed.events("lru-a") if e["reason"] in ("Evicted", "IdleTimeout")]
+
+    # Everything else within residency and a pinned: the next demand waits, visibly.
+    deployed.served("lru-d")
+    deployed.served("lru-e")
+    deployed.demand("lru-b")
+    cond = deployed.cluster.wait_for(
+        lambda: next(
+            (
+                c
+                for c in deployed.em("lru-b")["status"].get("conditions", [])
+                if c["type"] == "CapacityExhausted" and c["status"] == "True"
+            ),
+            None,
+        ),
+        20,
+        "lru-b to report CapacityExhausted",
+    )
+    assert cond["reason"] in ("CapacityExhausted", "WaitingForEviction")
+    # ... and is activated as soon as residency has passed and a slot frees.
+    deployed.wait_phase("lru-b", "Ready", timeout=60)
+    assert len(deployed.model_pods()) <= CAPACITY
+    deployed.delete_models(*names)
+
+
+class PodCounter:
+    """Watches model-server pods in the namespace and records the most that existed."""
+
+    def __init__(self, kubeconfig: Path) -> None:
+        from kubernetes import client, config, watch
+
+        self.api = client.CoreV1Api(config.new_client_from_config(str(kubeconfig)))
+        self.watch = watch.Watch()
+        self.alive: set[str] = set()
+        self.max_seen = 0
+        self.history: list[tuple[float, int]] = []
+        self.stop = threading.Event()
+        listing = self.api.list_namespaced_pod(NS, label_selector=MODEL_SERVER)
+        self.alive = {p.metadata.name for p in listing.items}
+        self.max_seen = len(self.alive)
+        self.version = listing.metadata.resource_version
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while not self.stop.is_set():
+            for event in self.watch.stream(
+                self.api.list_namespaced_pod,
+                NS,
+                label_selector=MODEL_SERVER,
+                resource_version=self.version,
+                timeout_seconds=5,
+            ):
+                pod = event["object"]
+                self.version = pod.metadata.resource_version
+                if event["type"] == "DELETED":
+                    self.alive.discard(pod.metadata.name)
+                else:  # ADDED / MODIFIED, Terminating ones included
+                    self.alive.add(pod.metadata.name)
+                self.max_seen = max(self.max_seen, len(self.alive))
+                self.history.append((time.time(), len(self.alive)))
+                if self.stop.is_set():
+                    break
+
+    def close(self) -> None:
+        self.stop.set()
+        self.watch.stop()
+        self.thread.join(timeout=10)
+
+
+def test_capacity_holds_across_random_demands_and_an_operator_restart(deployed: Deployed) -> None:
+    names = [f"rnd-{i}" for i in range(5)]
+    for name in names:
+        deployed.create_tiny(name)
+    for name in names:
+        deployed.wait_phase(name, "Standby", timeout=180)
+    counter = PodCounter(deployed.cluster.kubeconfig)
+    rng = random.Random(4)
+    activated: set[str] = set()
+    try:
+        for step in range(14):
+            name = rng.choice(names)
+            if deployed.phase(name) != "Ready":
+                deployed.demand(name)
+            else:
+                deployed.served(name)
+            if step == 7:
+                deployed.kubectl(
+                    "delete", "pod", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator",
+                    "--wait=false",
+                )  # fmt: skip
+            time.sleep(rng.uniform(0.2, 4.0))
+            activated |= _ready_model_names(deployed)
+        # Every demand is eventually served (all unpinned, residency 5 s).
+        for name in names:
+            if deployed.em(name)["status"].get("requestedAt"):
+                deployed.cluster.wait_for(
+                    lambda n=name: (
+                        deployed.phase(n) in ("Ready", "Activating")
+                        or n in activated
+                        or _demand_settled(deployed.em(n))
+                    ),
+                    90,
+                    f"{name}'s demand to be served",
+                )
+    finally:
+        counter.close()
+    assert counter.history, "the watcher saw no pod changes"
+    assert counter.max_seen <= CAPACITY, counter.history
+    assert len(activated) >= 3
+    # After the restart the new operator (a different pod) kept deciding.
+    operators = deployed.cluster.get_json(
+        "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
+    )["items"]
+    assert operators and all(p["status"].get("phase") == "Running" for p in operators)
+    deployed.delete_models(*names)
+
+
+def _demand_settled(em: dict[str, Any]) -> bool:
+    status = em.get("status") or {}
+    requested = k8s.parse_time(status.get("requestedAt")) or 0
+    active = k8s.parse_time(status.get("activeSince")) or 0
+    return active >= requested
+
+
+def test_deleting_a_model_removes_its_deployment_and_pod(deployed: Deployed) -> None:
+    deployed.create_tiny("short-lived")
+    deployed.wait_phase("short-lived", "Standby", timeout=180)
+    deployed.demand("short-lived")
+    deployed.wait_phase("short-lived", "Ready", timeout=60)
+    deployed.kubectl("delete", "em", "short-lived", "-n", NS, "--wait=true", "--timeout=60s")
+    deployed.cluster.wait_for(
+        lambda: (
+            deployed.kubectl(
+                "get", "deployment", "model-short-lived", "-n", NS, check=False
+            ).returncode
+            != 0
+            and not any(
+                p["metadata"]["labels"].get(k8s.LABEL_MODEL) == "short-lived"
+                for p in deployed.model_pods()
+            )
+        ),
+        60,
+        "the Deployment and pod of short-lived to be garbage-collected",
+    )
