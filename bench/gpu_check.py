@@ -6,8 +6,8 @@ What it proves, in one run on one machine:
 - embeddings computed on the GPU (fp16 artifact) match the CPU fp32 reference embeddings
   computed beforehand on the development machine (``--reference``);
 - raw ONNX Runtime on the GPU vs on the CPU (same artifact, same texts), batch 1 and 32;
-- the model server over HTTP on the GPU at concurrency 1 and 32 against raw ORT on the
-  GPU, i.e. what the HTTP layer and micro-batching cost or gain where batching pays.
+- the model server (its own process) over HTTP on the GPU at concurrency 1 and 32
+  against raw ORT on the GPU: what the HTTP layer and micro-batching cost or gain.
 
     python -m bench.gpu_check --artifact DIR --reference ref.json --out result.json
     python -m bench.gpu_check --make-reference --artifact FP32_DIR --out ref.json
@@ -74,9 +74,7 @@ async def _http_load(url: str, texts: list[str], concurrency: int, total: int) -
 
     samples: list[float] = []
     counter = iter(range(total))
-    async with aiohttp.ClientSession(
-        connector=aiohttp.TCPConnector(limit=concurrency)
-    ) as session:
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=concurrency)) as session:
 
         async def worker() -> None:
             for i in counter:
@@ -109,9 +107,8 @@ def make_reference(artifact: Path, out: Path) -> None:
 def gpu_check(artifact: Path, reference: Path, out: Path, rounds: int) -> dict[str, Any]:
     import onnxruntime as ort
 
-    from akidb_embed.model_server.app import ServerSettings
     from akidb_embed.model_server.engine import Engine
-    from akidb_embed.model_server.runner import ServerThread
+    from akidb_embed.model_server.runner import ServerProcess
 
     result: dict[str, Any] = {
         "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -152,14 +149,17 @@ def gpu_check(artifact: Path, reference: Path, out: Path, rounds: int) -> dict[s
         "cpu_b32": _time_engine(cpu, texts, 32, 1),
     }
     for name, batch in (("server", 32), ("server_nobatch", 1)):
-        with ServerThread(gpu, ServerSettings(max_batch_size=batch)) as server:
+        # The server in its own process, as deployed (the client here has its own GIL).
+        flags = ["--providers", "TensorRT,CUDA,CPU", "--max-batch-size", str(batch)]
+        with ServerProcess(artifact, flags) as server:
             result[name] = {
                 "c1": asyncio.run(_http_load(server.url, TEXTS, 1, 200)),
                 "c32": asyncio.run(_http_load(server.url, TEXTS, 32, 1024)),
             }
     raw, srv = result["raw"], result["server"]
     result["ratios"] = {
-        "gpu_over_cpu_b32_throughput": raw["gpu_b32"]["texts_per_s"] / raw["cpu_b32"]["texts_per_s"],
+        "gpu_over_cpu_b32_throughput": raw["gpu_b32"]["texts_per_s"]
+        / raw["cpu_b32"]["texts_per_s"],
         "server_c32_over_raw_gpu_b32": srv["c32"]["texts_per_s"] / raw["gpu_b32"]["texts_per_s"],
         "server_c32_batching_gain": srv["c32"]["texts_per_s"]
         / result["server_nobatch"]["c32"]["texts_per_s"],

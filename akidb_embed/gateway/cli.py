@@ -73,8 +73,9 @@ def build_config(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
-    import asyncio
     import sys
+
+    from akidb_embed import aio
 
     try:
         config = build_config(args)
@@ -89,5 +90,5 @@ def run(args: argparse.Namespace) -> int:
         await load_kube_config()
         await serve(config, KubeBackend(config.namespace))
 
-    asyncio.run(main())
+    aio.run(main())
     return 0

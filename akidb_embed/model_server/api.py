@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 
 class ApiError(Exception):
@@ -67,8 +68,8 @@ def parse_json(body: bytes) -> dict[str, Any]:
     if not body:
         raise bad_request("request body is empty; send a JSON object", "empty_body")
     try:
-        data = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        data = orjson.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:  # orjson's error subclasses it
         raise bad_request(f"request body is not valid JSON: {exc}", "invalid_json") from exc
     if not isinstance(data, dict):
         raise bad_request(

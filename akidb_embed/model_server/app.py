@@ -8,7 +8,6 @@ ready, draining after SIGTERM (``/readyz`` and new work 503, in-flight work fini
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import platform
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
@@ -61,6 +61,8 @@ INLINE_TOKENIZE_CHARS = 8192
 class ServerSettings:
     max_batch_size: int = 32
     max_batch_tokens: int = 16384
+    # Padded over real tokens allowed in one batch (see batcher.plan_batches).
+    max_padding_ratio: float = 1.3
     max_texts_per_request: int = 2048
     max_queue_texts: int = 8192
     max_body_bytes: int = 16 * 1024 * 1024
@@ -188,6 +190,7 @@ class ModelServer:
             max_batch_size=s.max_batch_size,
             max_batch_tokens=s.max_batch_tokens,
             max_queue_texts=s.max_queue_texts,
+            max_padding_ratio=s.max_padding_ratio,
             stats=BatchStats(on_batch=self.metrics.on_batch, on_queue=self.metrics.queue_depth.set),
         )
         self.batcher.start()
@@ -333,8 +336,10 @@ SERVER_KEY = web.AppKey("model_server", ModelServer)
 
 
 def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    # orjson writes numpy float32 arrays directly: ~30x faster than json.dumps(tolist()),
+    # which was the largest per-request cost once inference runs on a GPU.
     return web.Response(
-        body=json.dumps(data, separators=(",", ":")).encode(),
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
         status=status,
         headers=headers,
         content_type="application/json",
@@ -409,7 +414,7 @@ async def handle_embed(request: web.Request) -> web.Response:
         {
             "model": engine.name,
             "dimension": int(result.embeddings.shape[1]),
-            "embeddings": result.embeddings.tolist(),
+            "embeddings": np.ascontiguousarray(result.embeddings),
             "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
         }
     )
@@ -425,7 +430,7 @@ async def handle_openai(request: web.Request) -> web.Response:
     if req.encoding_format == "base64":
         vectors: list[Any] = [encode_base64(v) for v in result.embeddings]
     else:
-        vectors = result.embeddings.tolist()
+        vectors = list(np.ascontiguousarray(result.embeddings))
     return _json(
         {
             "object": "list",

@@ -68,24 +68,37 @@ class BatchStats:
 
 
 def plan_batches(
-    items: Sequence[_Item], max_batch_size: int, max_batch_tokens: int
+    items: Sequence[_Item],
+    max_batch_size: int,
+    max_batch_tokens: int,
+    max_padding_ratio: float | None = None,
 ) -> list[list[_Item]]:
-    """Cut length-sorted items into batches within both limits.
+    """Cut length-sorted items into batches within the limits.
 
-    A single text longer than ``max_batch_tokens`` still gets a batch of its own.
+    ``max_padding_ratio`` bounds padded tokens (texts x longest) over real tokens: a
+    batch is cut where adding the next (longer) text would pad past it. On a CPU the
+    cost of a batch is its padded size, so mixing a 5-token and a 100-token text costs
+    more than running them apart. A single text longer than ``max_batch_tokens`` still
+    gets a batch of its own.
     """
     batches: list[list[_Item]] = []
     current: list[_Item] = []
     longest = 0
+    real = 0
     for item in sorted(items):
         new_longest = max(longest, item.length)
+        padded = new_longest * (len(current) + 1)
+        too_padded = max_padding_ratio is not None and padded > max_padding_ratio * (
+            real + item.length
+        )
         if current and (
-            len(current) + 1 > max_batch_size or new_longest * (len(current) + 1) > max_batch_tokens
+            len(current) + 1 > max_batch_size or padded > max_batch_tokens or too_padded
         ):
             batches.append(current)
-            current, new_longest = [], item.length
+            current, new_longest, real = [], item.length, 0
         current.append(item)
         longest = new_longest
+        real += item.length
     if current:
         batches.append(current)
     return batches
@@ -100,6 +113,7 @@ class Batcher:
         max_queue_texts: int = 4096,
         window_batches: int = 4,
         stats: BatchStats | None = None,
+        max_padding_ratio: float | None = None,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_texts < 1:
             raise ValueError("batch and queue limits must be positive")
@@ -107,6 +121,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_batch_tokens = max_batch_tokens
         self.max_queue_texts = max_queue_texts
+        self.max_padding_ratio = max_padding_ratio
         self.window = max_batch_size * max(1, window_batches)
         self.stats = stats or BatchStats()
         self._pending: deque[_Item] = deque()
@@ -159,7 +174,9 @@ class Batcher:
             take = min(len(self._pending), self.window)
             window = [self._pending.popleft() for _ in range(take)]
             self._report_queue()
-            for batch in plan_batches(window, self.max_batch_size, self.max_batch_tokens):
+            for batch in plan_batches(
+                window, self.max_batch_size, self.max_batch_tokens, self.max_padding_ratio
+            ):
                 live = [it for it in batch if not it.job.future.done()]
                 if not live:
                     continue

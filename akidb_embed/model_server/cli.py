@@ -59,6 +59,13 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="texts waiting for a batch before new requests get 503 (default 8192)",
     )
     p.add_argument(
+        "--max-padding-ratio",
+        type=float,
+        default=1.3,
+        help="cut a batch where padded tokens would exceed this multiple of real tokens "
+        "(default 1.3; padding is pure waste on a CPU)",
+    )
+    p.add_argument(
         "--max-body-bytes",
         type=_positive_int,
         default=16 * 1024 * 1024,
@@ -97,6 +104,7 @@ def run_serve(args: argparse.Namespace) -> int:
     import logging
     import signal
 
+    from akidb_embed import aio
     from akidb_embed.artifact import ArtifactError, ArtifactManifest
     from akidb_embed.model_server.app import ModelServer, ServerSettings, serve
     from akidb_embed.model_server.engine import Engine, parse_providers
@@ -113,6 +121,7 @@ def run_serve(args: argparse.Namespace) -> int:
     settings = ServerSettings(
         max_batch_size=args.max_batch_size,
         max_batch_tokens=args.max_batch_tokens,
+        max_padding_ratio=args.max_padding_ratio,
         max_texts_per_request=args.max_texts_per_request,
         max_queue_texts=max(args.max_queue_texts, args.max_texts_per_request),
         max_body_bytes=args.max_body_bytes,
@@ -140,4 +149,4 @@ def run_serve(args: argparse.Namespace) -> int:
         log.info("exiting with code %d", code)
         return code
 
-    return asyncio.run(main())
+    return aio.run(main())

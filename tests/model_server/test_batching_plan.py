@@ -157,3 +157,16 @@ def test_provider_parsing_and_fallback_reason() -> None:
     assert choice.selected == ["CPUExecutionProvider"]
     assert "TensorrtExecutionProvider not available in this onnxruntime build" in choice.notes[0]
     assert "added as the last resort" in choice.notes[-1]
+
+
+def test_plan_padding_ratio_keeps_similar_lengths_together() -> None:
+    lengths = [5, 6, 6, 7, 40, 42, 44, 100]
+    loose = plan_batches(_items(lengths), max_batch_size=32, max_batch_tokens=10_000)
+    assert len(loose) == 1  # without the bound everything pads to 100
+    batches = plan_batches(
+        _items(lengths), max_batch_size=32, max_batch_tokens=10_000, max_padding_ratio=1.3
+    )
+    assert [[it.length for it in b] for b in batches] == [[5, 6, 6, 7], [40, 42, 44], [100]]
+    for b in batches:
+        real = sum(it.length for it in b)
+        assert len(b) * max(it.length for it in b) <= 1.3 * real
