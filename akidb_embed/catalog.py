@@ -94,9 +94,7 @@ QWEN3_EMBEDDING = Family(
     query_prefix=f"Instruct: {QWEN3_DEFAULT_TASK}\nQuery:",
 )
 
-FAMILIES: dict[str, Family] = {
-    f.name: f for f in (SENTENCE_TRANSFORMERS, E5, BGE, QWEN3_EMBEDDING)
-}
+FAMILIES: dict[str, Family] = {f.name: f for f in (SENTENCE_TRANSFORMERS, E5, BGE, QWEN3_EMBEDDING)}
 
 
 def _mrl(*dims: int) -> tuple[int, ...]:

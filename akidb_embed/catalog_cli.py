@@ -13,5 +13,5 @@ def _models(args: argparse.Namespace) -> int:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("models", help="print the model catalog as JSON ({\"models\": [...]})")
+    p = sub.add_parser("models", help='print the model catalog as JSON ({"models": [...]})')
     p.set_defaults(handler=_models)

@@ -30,6 +30,7 @@ from akidb_embed.artifact import (
     Parity,
     artifact_key,
     file_digest,
+    verify_files,
 )
 from akidb_embed.catalog import PRECISIONS
 from akidb_embed.conversion.export import (
@@ -198,6 +199,43 @@ def _install(partial: Path, out: Path) -> None:
         os.rename(partial, out)
 
 
+def import_artifact(
+    source: Path, out: Path, *, precision: str, force: bool = False
+) -> ArtifactManifest:
+    """Install an already converted artifact directory as ``out`` (checked, not reconverted).
+
+    The copy gets this source's storage key, so the operator finds it where it looks.
+    """
+    src = source.expanduser().absolute()
+    try:
+        manifest = ArtifactManifest.load(src)
+        verify_files(src, manifest)
+    except ArtifactError as exc:
+        raise ConversionError(f"{src} is not a usable converted artifact: {exc}") from exc
+    if manifest.precision != precision:
+        raise ConversionError(
+            f"{src} is a {manifest.precision} artifact but precision {precision} was asked for"
+        )
+    # Keyed by the path as written, as the operator keys spec.source.path.
+    key = artifact_key(str(source), "main", precision)
+    existing = _check_existing(out, key, force)
+    if existing is not None:
+        log.info("already converted: %s holds %s (key %s)", out, existing.name, key)
+        return existing
+    out.parent.mkdir(parents=True, exist_ok=True)
+    partial = out.with_name(f"{out.name}.partial-{secrets.token_hex(4)}")
+    try:
+        shutil.copytree(src, partial)
+        manifest.key = key
+        manifest.save(partial)
+        _install(partial, out)
+    except BaseException:
+        shutil.rmtree(partial, ignore_errors=True)
+        raise
+    log.info("imported the converted artifact %s -> %s (key %s)", src, out, key)
+    return manifest
+
+
 def convert(
     source: str | Path,
     out_dir: str | Path,
@@ -229,6 +267,8 @@ def convert(
         raise ConversionError(f"unknown precision {precision!r}; expected {'|'.join(PRECISIONS)}")
     out = Path(out_dir).expanduser().absolute()
     progress = _Progress()
+    if (Path(source) / MANIFEST_FILE).is_file():
+        return import_artifact(Path(source), out, precision=precision, force=force)
     try:
         with progress.step(f"resolving source {source}"):
             resolved: ResolvedSource = resolve_source(str(source), revision, cache_dir)

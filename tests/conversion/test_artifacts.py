@@ -156,3 +156,29 @@ def test_tiny_qwen3_last_token_left_padding(tiny_qwen3_artifact: Path, tiny_qwen
     longest = int(np.argmax([sum(e.attention_mask) for e in encs]))
     assert cos[longest] >= 0.999  # no padding there: the same
     assert cos.min() < 0.9, cos  # padded texts: the final position is a pad, not the EOS
+
+
+def test_converted_artifact_as_source_is_imported_under_its_key(
+    tiny_bert_artifact: Path, tmp_path: Path
+):
+    """DESIGN: spec.source.path may name an already converted ONNX directory."""
+    import shutil
+
+    from akidb_embed.artifact import ArtifactManifest, artifact_key, verify_files
+    from akidb_embed.conversion import convert
+    from akidb_embed.conversion.convert import ConversionError
+
+    src = tmp_path / "prebuilt"
+    shutil.copytree(tiny_bert_artifact, src)
+    out = tmp_path / "store" / "k"
+    manifest = convert(str(src), out)
+    assert manifest.key == artifact_key(str(src), "main", "fp32")
+    stored = ArtifactManifest.load(out)
+    assert stored.key == manifest.key
+    verify_files(out, stored)  # files copied intact
+    assert convert(str(src), out).key == manifest.key  # idempotent
+    with pytest.raises(ConversionError, match="fp32 artifact but precision int8"):
+        convert(str(src), tmp_path / "other", precision="int8")
+    (src / "model.onnx").write_bytes(b"corrupt")
+    with pytest.raises(ConversionError, match="not a usable converted artifact"):
+        convert(str(src), tmp_path / "third")
