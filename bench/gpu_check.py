@@ -131,6 +131,7 @@ def gpu_check(artifact: Path, reference: Path, out: Path, rounds: int) -> dict[s
     result["gpu_engine"] = {
         "load_s": time.perf_counter() - t0,
         "warmup_s": gpu.warmup(),
+        "providers": list(gpu.providers),
         "summary": gpu.summary(),
     }
     ref = json.loads(reference.read_text())

@@ -1,0 +1,178 @@
+"""Write docs/MODEL-PERFORMANCE.md from the benchmark results in bench/results/.
+
+Only measured numbers go in, each table with the machine and the date it was measured
+on. Run after any benchmark: ``python -m bench.report``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "bench" / "results"
+OUT = ROOT / "docs" / "MODEL-PERFORMANCE.md"
+
+
+def _load(name: str) -> tuple[dict[str, Any], str] | None:
+    path = RESULTS / name
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    mtime = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.UTC).strftime("%Y-%m-%d")
+    return data, mtime
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:,.2f}" if abs(value) < 1000 else f"{value:,.0f}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_fmt(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _machine_line(machine: dict[str, Any], date: str) -> str:
+    parts = [str(machine.get(k)) for k in ("cpu_model", "platform") if machine.get(k)]
+    cores = machine.get("cores") or machine.get("cpus")
+    if cores:
+        parts.append(f"{cores} cores")
+    if machine.get("memory_gib"):
+        parts.append(f"{machine['memory_gib']} GiB")
+    load = machine.get("load_average_at_start")
+    if load:
+        parts.append(f"load average at start {load[0]}")
+    return f"Measured {date} on: " + ", ".join(parts) + "."
+
+
+def model_server_section() -> str:
+    loaded = _load("model_server.json")
+    if loaded is None:
+        return ""
+    data, mtime = loaded
+    machine = data.get("machine", {})
+    date = str(machine.get("date", mtime))[:10]
+    rows = [
+        [name, r.get("throughput_texts_s"), r.get("p50_ms"), r.get("p95_ms"), r.get("p99_ms")]
+        for name, r in data.get("results", {}).items()
+        if isinstance(r, dict) and "throughput_texts_s" in r
+    ]
+    ratios = [
+        [name, r.get("value"), r.get("target"), {True: "yes", False: "no"}.get(r.get("met"), "")]
+        for name, r in data.get("ratios", {}).items()
+    ]
+    mem = data.get("server_memory", {})
+    mem_line = ", ".join(f"{k} {_fmt(v)}" for k, v in mem.items())
+    return "\n\n".join(
+        [
+            "## Model server (MiniLM, CPU) — `python -m bench.model_server`",
+            _machine_line(machine, date),
+            _table(["system", "texts/s", "p50 ms", "p95 ms", "p99 ms"], rows),
+            _table(["ratio", "value", "target", "met"], ratios),
+            f"Server memory with the model loaded: {mem_line}.",
+            "![model server benchmark](../bench/results/model_server.png)",
+        ]
+    )
+
+
+def gpu_section() -> str:
+    loaded = _load("gpu_check_h200.json")
+    if loaded is None:
+        return ""
+    data, _ = loaded
+    providers = data.get("gpu_engine", {}).get("providers")
+    rows: list[list[Any]] = []
+    for name, r in data.get("raw", {}).items():
+        rows.append([f"raw ORT {name}", r["texts_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"]])
+    for group in ("server", "server_nobatch"):
+        for conc, r in data.get(group, {}).items():
+            label = f"{group.replace('_', ' ')} {conc} (HTTP)"
+            rows.append([label, r["texts_per_s"], r["p50_ms"], r["p95_ms"], r["p99_ms"]])
+    ratios = [[k, v] for k, v in data.get("ratios", {}).items()]
+    parity = data.get("parity_vs_cpu_fp32", {})
+    return "\n\n".join(
+        [
+            "## Model server on a GPU (MiniLM fp16) — `python -m bench.gpu_check`",
+            f"Measured {data.get('date', '')[:10]} on {data.get('gpu')} "
+            f"(onnxruntime-gpu {data.get('onnxruntime')}, providers in use {providers}; "
+            "TensorRT libraries absent there, so the engine fell back to CUDA as designed). "
+            "`gpu_*` rows run on the GPU, `cpu_*` rows on that machine's CPU, same artifact.",
+            f"fp16 on the GPU vs the fp32 CPU reference: min cosine {parity.get('min_cosine')}.",
+            _table(["system", "texts/s", "p50 ms", "p95 ms", "p99 ms"], rows),
+            _table(["ratio", "value"], ratios),
+        ]
+    )
+
+
+def gateway_section() -> str:
+    loaded = _load("gateway.json")
+    if loaded is None:
+        return ""
+    data, mtime = loaded
+    rows: list[list[Any]] = []
+    for conc, r in data.get("results", {}).items():
+        if not isinstance(r, dict) or "direct" not in r:
+            continue
+        for path in ("direct", "gateway"):
+            p = r[path]
+            rows.append([conc.replace("_", " "), path, p["p50_ms"], p["p95_ms"], p["p99_ms"]])
+        rows.append([conc.replace("_", " "), "overhead", r["overhead_p50_ms"], "", ""])
+    parts = [
+        "## Gateway warm path — `python -m bench.gateway`",
+        _machine_line(data.get("machine", {}), str(data.get("date", mtime))[:10]),
+        _table(["load", "path", "p50 ms", "p95 ms", "p99 ms"], rows),
+    ]
+    targets = data.get("targets_met")
+    if targets:
+        parts.append(_table(["target", "met"], [[k, v] for k, v in targets.items()]))
+    for key in ("cold_start", "lru_churn"):
+        if key in data:
+            parts.append(
+                f"### {key.replace('_', ' ')}\n\n```json\n{json.dumps(data[key], indent=2)}\n```"
+            )
+    return "\n\n".join(parts)
+
+
+def operator_section() -> str:
+    loaded = _load("operator_decisions.json")
+    if loaded is None:
+        return ""
+    data, mtime = loaded
+    return "\n\n".join(
+        [
+            "## Operator decisions — `python -m bench.operator_decisions`",
+            f"Measured {str(data.get('date', mtime))[:10]}.",
+            "```json\n" + json.dumps(data, indent=2)[:6000] + "\n```",
+        ]
+    )
+
+
+def render() -> str:
+    sections = [
+        s
+        for s in (model_server_section(), gpu_section(), gateway_section(), operator_section())
+        if s
+    ]
+    head = (
+        "# Model performance\n\n"
+        "Generated by `python -m bench.report` from `bench/results/*.json`. Measured numbers "
+        "only; each table names the machine and the date. The development machine is a "
+        "shared 2-core VM, so CPU numbers are noisy: the benchmarks compare systems side by "
+        "side in one run, and the ratios are what to read."
+    )
+    return "\n\n".join([head, *sections]) + "\n"
+
+
+def main() -> int:
+    OUT.write_text(render())
+    print(f"wrote {OUT.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
