@@ -119,6 +119,22 @@ class Metrics:
             registry=r,
         )
 
+        # Label lookups take a lock and hash the labels: do them once per label set.
+        self._requests_by: dict[tuple[str, int], Any] = {}
+        self._latency_by: dict[str, Any] = {}
+
+    def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
+        counter = self._requests_by.get((endpoint, status))
+        if counter is None:
+            counter = self._requests_by[endpoint, status] = self.requests.labels(
+                endpoint, str(status)
+            )
+        counter.inc()
+        latency = self._latency_by.get(endpoint)
+        if latency is None:
+            latency = self._latency_by[endpoint] = self.latency.labels(endpoint)
+        latency.observe(seconds)
+
     def on_batch(self, texts: int, tokens: int, padded: int, seconds: float) -> None:
         self.batch_size.observe(texts)
         self.tokens.inc(tokens)
@@ -154,6 +170,7 @@ class ModelServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tokenize_pool: ThreadPoolExecutor | None = None
+        self._limits: Limits | None = None
         self.started = time.time()
         self.loaded = asyncio.Event()
 
@@ -191,7 +208,9 @@ class ModelServer:
             max_batch_tokens=s.max_batch_tokens,
             max_queue_texts=s.max_queue_texts,
             max_padding_ratio=s.max_padding_ratio,
-            stats=BatchStats(on_batch=self.metrics.on_batch, on_queue=self.metrics.queue_depth.set),
+            # Queue depth and in-flight gauges are read at scrape time (handle_metrics),
+            # not updated per request: each update takes a lock.
+            stats=BatchStats(on_batch=self.metrics.on_batch),
         )
         self.batcher.start()
         self._tokenize_pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="akidb-tok")
@@ -235,6 +254,11 @@ class ModelServer:
 
     def limits(self) -> Limits:
         engine = self._require_engine()
+        if self._limits is None:  # fixed once the engine is loaded
+            self._limits = self._make_limits(engine)
+        return self._limits
+
+    def _make_limits(self, engine: Engine) -> Limits:
         names = [engine.name]
         for alias in (engine.manifest.name, engine.manifest.source):
             if alias and alias not in names:
@@ -264,7 +288,6 @@ class ModelServer:
         assert self.batcher is not None
         self._in_flight += 1
         self._idle.clear()
-        self.metrics.in_flight.inc()
         try:
             if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
                 seqs = engine.tokenize(req.texts, req.input_type, req.truncate)
@@ -283,7 +306,6 @@ class ModelServer:
             raise ApiError(400, "invalid_request_error", str(exc), "text_too_long") from exc
         finally:
             self._in_flight -= 1
-            self.metrics.in_flight.dec()
             if self._in_flight == 0:
                 self._idle.set()
         normalize = engine.manifest.normalize if req.normalize is None else req.normalize
@@ -394,8 +416,7 @@ async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
             {"error": {"type": "internal_error", "message": "internal server error"}}, 500
         )
     if endpoint != "unmatched":
-        server.metrics.requests.labels(endpoint, str(response.status)).inc()
-        server.metrics.latency.labels(endpoint).observe(time.perf_counter() - t0)
+        server.metrics.observe_request(endpoint, response.status, time.perf_counter() - t0)
     return response
 
 
@@ -481,6 +502,7 @@ async def handle_metrics(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     if server.batcher is not None:
         server.metrics.queue_depth.set(server.batcher.waiting)
+    server.metrics.in_flight.set(server.in_flight)
     return web.Response(
         body=generate_latest(server.metrics.registry),
         headers={"Content-Type": CONTENT_TYPE_LATEST},

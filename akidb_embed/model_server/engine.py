@@ -286,6 +286,9 @@ class Engine:
 
     def pad(self, seqs: Sequence[npt.NDArray[np.int64]]) -> Batch:
         n = len(seqs)
+        if n == 1:  # nothing to pad (a lone request, the common case at low load)
+            ids1 = np.asarray(seqs[0], dtype=np.int64).reshape(1, -1)
+            return Batch(ids1, np.ones_like(ids1))
         longest = max(len(s) for s in seqs)
         ids = np.full((n, longest), self.pad_id, dtype=np.int64)
         mask = np.zeros((n, longest), dtype=np.int64)

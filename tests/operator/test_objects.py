@@ -260,6 +260,18 @@ def test_write_overlay_bridges_until_the_watch_catches_up() -> None:
     assert overlay.apply(other) is other
 
 
+def test_write_overlay_entries_expire() -> None:
+    now = [100.0]
+    overlay = WriteOverlay(ttl=15.0, clock=lambda: now[0])
+    b = body()
+    b["status"] = {"phase": STANDBY}
+    overlay.record("e5-small-v2", "u-1", {"phase": ACTIVATING})
+    now[0] += 14
+    assert overlay.apply(b)["status"]["phase"] == ACTIVATING
+    now[0] += 2  # the watch never showed it (paused stream): trust the watch again
+    assert overlay.apply(b) is b and not overlay.written
+
+
 @pytest.mark.parametrize(
     ("text", "value"),
     [("512Mi", 512 * 2**20), ("1.5Gi", 3 * 2**29), ("1G", 10**9), ("100m", 1), ("3", 3)],
