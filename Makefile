@@ -41,8 +41,13 @@ test-fast: venv
 demo: venv kube-binaries
 	$(BIN)/akidb-embed demo
 
-bench: venv
+# Benchmarks print their numbers and write bench/results/*.json; the report turns
+# those into docs/MODEL-PERFORMANCE.md.
+bench: venv kube-binaries
 	$(BIN)/python -m bench.model_server
+	$(BIN)/python -m bench.gateway
+	$(BIN)/python -m bench.operator_decisions --cluster
+	$(BIN)/python -m bench.report
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache

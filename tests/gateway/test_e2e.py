@@ -3,7 +3,7 @@
 Operator, 2 gateway replicas (as pods, with their own ServiceAccount: RBAC for real)
 and real model-server pods. Models point at local checkpoints (`source.path`); the
 operator converts them with Jobs on the node. The gateway is reached through its Service made a
-NodePort (what the local overlay should do; patched here if it does not yet).
+NodePort by the local overlay.
 """
 
 from __future__ import annotations
@@ -27,7 +27,6 @@ pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 REPO = Path(__file__).resolve().parents[2]
 NS = "akidb"
-NODE_PORT = 30080
 GATEWAY_SELECTOR = "app.kubernetes.io/name=akidb-gateway"
 
 
@@ -80,17 +79,7 @@ def stack(
     )
     cluster.kubectl("apply", "-k", str(REPO / "manifests" / "overlays" / "local"), timeout=120)
     svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
-    if svc["spec"].get("type") != "NodePort":
-        patch = {
-            "spec": {
-                "type": "NodePort",
-                "ports": [
-                    {"name": "http", "port": 80, "targetPort": "http", "nodePort": NODE_PORT}
-                ],
-            }
-        }
-        cluster.kubectl("patch", "svc", "akidb-gateway", "-n", NS, "-p", json.dumps(patch))
-        svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
+    assert svc["spec"].get("type") == "NodePort", "the local overlay exposes the gateway"
     node_port = svc["spec"]["ports"][0]["nodePort"]
     models = {
         "e2e-minilm": (minilm_checkpoint, 384, "sentence-transformers"),
