@@ -29,6 +29,11 @@ MODEL_SERVER_PORT_NAME = "http"
 DEFAULT_MODEL_STORE = "/var/lib/akidb/models"
 
 
+def to_rfc3339(epoch: float) -> str:
+    """Epoch seconds -> RFC 3339 UTC with microseconds, as status timestamps are written."""
+    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
 def now_rfc3339() -> str:
     return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 

@@ -27,8 +27,8 @@ from akidb_embed.gateway.errors import GatewayError, error_response
 from akidb_embed.gateway.metrics import Metrics
 from akidb_embed.gateway.openapi import openapi_document
 from akidb_embed.gateway.registry import Registry
-from akidb_embed.gateway.router import Router, UpstreamReply, rfc3339
-from akidb_embed.k8s import parse_time
+from akidb_embed.gateway.router import Router, UpstreamReply
+from akidb_embed.k8s import parse_time, to_rfc3339
 
 log = logging.getLogger("akidb_embed.gateway")
 
@@ -175,7 +175,7 @@ async def embed_openai(request: web.Request) -> web.Response:
 
 
 def _time(value: float | None) -> str | None:
-    return rfc3339(value) if value is not None else None
+    return to_rfc3339(value) if value is not None else None
 
 
 async def list_models(request: web.Request) -> web.Response:

@@ -46,13 +46,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def build_config(args: argparse.Namespace) -> Any:
-    from akidb_embed.gateway.config import (
-        GatewayConfig,
-        load_api_keys,
-        parse_duration,
-        parse_size,
-    )
+    from akidb_embed.gateway.config import GatewayConfig, load_api_keys
     from akidb_embed.k8s import DEFAULT_NAMESPACE
+    from akidb_embed.units import memory_bytes, parse_duration
 
     return GatewayConfig(
         host=args.host,
@@ -66,7 +62,7 @@ def build_config(args: argparse.Namespace) -> Any:
         probe_interval=parse_duration(args.probe_interval),
         upstream_timeout=parse_duration(args.upstream_timeout),
         max_connections_per_pod=int(args.max_connections_per_pod),
-        max_body_bytes=parse_size(args.max_body_bytes),
+        max_body_bytes=memory_bytes(args.max_body_bytes),
         api_keys=load_api_keys(args.api_keys_file) if args.api_keys_file else frozenset(),
         drain_seconds=parse_duration(args.drain_seconds),
     )

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import json
 import logging
 import time
@@ -31,6 +30,7 @@ from akidb_embed.gateway.discovery import ClusterBackend
 from akidb_embed.gateway.errors import GatewayError
 from akidb_embed.gateway.metrics import Metrics
 from akidb_embed.gateway.registry import FAILED, ModelState, PodState, Registry
+from akidb_embed.k8s import to_rfc3339
 
 log = logging.getLogger("akidb_embed.gateway")
 
@@ -38,10 +38,6 @@ JSON_HEADERS = {"Content-Type": "application/json"}
 PATCH_TIMEOUT = 5.0
 PROBE_TIMEOUT = 0.5
 CONNECT_TIMEOUT = 2.0
-
-
-def rfc3339(ts: float) -> str:
-    return dt.datetime.fromtimestamp(ts, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 @dataclass
@@ -379,7 +375,7 @@ class Router:
         return True
 
     async def _mark_demand(self, model: str) -> None:
-        await self._patch(model, {"requestedAt": rfc3339(time.time())}, "requestedAt")
+        await self._patch(model, {"requestedAt": to_rfc3339(time.time())}, "requestedAt")
 
     async def flush_recency(self) -> None:
         """Patch status.lastRequestTime of every model used since its last flush."""
@@ -391,7 +387,10 @@ class Router:
         for model, ts in due:
             self._flushed[model] = ts
         await asyncio.gather(
-            *(self._patch(m, {"lastRequestTime": rfc3339(ts)}, "lastRequestTime") for m, ts in due)
+            *(
+                self._patch(m, {"lastRequestTime": to_rfc3339(ts)}, "lastRequestTime")
+                for m, ts in due
+            )
         )
 
     async def _flush_loop(self) -> None:

@@ -266,10 +266,10 @@ class Batcher:
         """Stop the inference thread; fail whatever still waits or runs."""
         self._closed = True
         with self._cond:
-            left = list(self._pending)
+            left = [*self._pending, *self._running]
             self._pending.clear()
             self._cond.notify()
-        self._fail([*left, *self._running], BatcherClosedError("server shutting down"))
+        self._fail(left, BatcherClosedError("server shutting down"))
         if self._thread is not None:
             # Waits for a batch in progress to end, off the loop.
             await asyncio.to_thread(self._thread.join)

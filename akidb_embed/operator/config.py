@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 
 from akidb_embed import k8s
 from akidb_embed.operator.placement import Limits
-from akidb_embed.operator.units import memory_bytes, parse_duration
+from akidb_embed.units import memory_bytes, parse_duration
 
 DEFAULT_HF_CACHE = "/var/lib/akidb/hf-cache"
 DEFAULT_IMAGE = "ghcr.io/akidb/akidb-embed-server:0.1.0"

@@ -77,12 +77,6 @@ def _now() -> str:
     return k8s.now_rfc3339()
 
 
-def _iso(epoch: float) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(epoch, dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-
-
 class Operator:
     """The operator's one decision loop and its writes to the API server."""
 
@@ -239,7 +233,7 @@ class Operator:
         status = body.get("status") or {}
         conditions = status.get("conditions")
         gen = body["metadata"].get("generation")
-        stamp = _iso(now)
+        stamp = k8s.to_rfc3339(now)
         if isinstance(action, Activate):
             await self.patch_status(
                 body,

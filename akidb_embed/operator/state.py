@@ -18,7 +18,7 @@ from typing import Any
 from akidb_embed import k8s
 from akidb_embed.operator.objects import is_converted, phase_of
 from akidb_embed.operator.placement import ModelView, PodView
-from akidb_embed.operator.units import memory_bytes, parse_duration
+from akidb_embed.units import memory_bytes, parse_duration
 
 Body = dict[str, Any]
 

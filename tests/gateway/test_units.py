@@ -8,8 +8,10 @@ from pathlib import Path
 import pytest
 
 from akidb_embed.gateway import cli
-from akidb_embed.gateway.config import load_api_keys, parse_duration, parse_size
+from akidb_embed.gateway.config import load_api_keys
 from akidb_embed.gateway.registry import Registry
+from akidb_embed.units import memory_bytes as parse_size
+from akidb_embed.units import parse_duration
 from tests.gateway.fakes import model_obj, pod_obj
 
 
@@ -71,9 +73,9 @@ def test_parse_duration(text: str, seconds: float) -> None:
 
 def test_parse_size_and_bad_values() -> None:
     assert parse_size("8Mi") == 8 * 1024 * 1024
-    assert parse_size("1MB") == 1_000_000
+    assert parse_size("1M") == 1_000_000
     assert parse_size("65536") == 65536
-    for bad in ("ten", "-1s", "5 parsecs"):
+    for bad in ("ten", "-1s", "-1", "5 parsecs"):
         with pytest.raises(ValueError):
             parse_duration(bad)
     with pytest.raises(ValueError):

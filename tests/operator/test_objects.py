@@ -13,7 +13,7 @@ from akidb_embed.operator import objects
 from akidb_embed.operator.config import OperatorConfig, add_arguments, from_args, parse_selector
 from akidb_embed.operator.placement import ACTIVATING, EVICTING, READY, STANDBY
 from akidb_embed.operator.state import WriteOverlay, model_view, peering_allows, pod_view
-from akidb_embed.operator.units import (
+from akidb_embed.units import (
     format_bytes,
     memory_bytes,
     parse_duration,

@@ -1,4 +1,7 @@
-"""Kubernetes quantities and duration strings -> numbers (pure, no I/O)."""
+"""Kubernetes quantities and duration strings -> numbers (pure, no I/O).
+
+Shared by the operator (memory budget, residency) and the gateway (timeouts, sizes).
+"""
 
 from __future__ import annotations
 
@@ -51,12 +54,18 @@ def memory_bytes(value: str | int | float) -> int:
 def parse_duration(value: str | int | float) -> float:
     """A Go-style duration ("10m", "1h30m", "45s", "500ms"; a bare number is seconds)."""
     if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
         return float(value)
     text = value.strip()
     try:
-        return float(text)
+        seconds = float(text)
     except ValueError:
         pass
+    else:
+        if seconds < 0:
+            raise ValueError(f"duration must not be negative: {value!r}")
+        return seconds
     total = 0.0
     position = 0
     for match in _DURATION_PART.finditer(text):
