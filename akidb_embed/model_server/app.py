@@ -8,6 +8,7 @@ ready, draining after SIGTERM (``/readyz`` and new work 503, in-flight work fini
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import platform
 import sys
@@ -48,6 +49,7 @@ from akidb_embed.model_server.batcher import (
 )
 from akidb_embed.model_server.engine import Engine, TextTooLongError
 from akidb_embed.model_server.pooling import truncate_dims
+from akidb_embed.model_server.selfbench import Performance, SelfBenchmark
 
 log = logging.getLogger("akidb_embed.model_server")
 
@@ -68,6 +70,8 @@ class ServerSettings:
     max_body_bytes: int = 16 * 1024 * 1024
     drain_timeout: float = 30.0
     retry_after_s: int = 1
+    # Measure p50/p95/texts-per-second after turning ready, between requests (/info).
+    self_benchmark: bool = True
 
 
 class Metrics:
@@ -112,6 +116,18 @@ class Metrics:
             registry=r,
         )
         self.ready = Gauge("akidb_model_server_ready", "1 when serving", registry=r)
+        self.measured_latency = Gauge(
+            "akidb_model_server_measured_latency_seconds",
+            "self-measured model time of one short query at batch 1, after warm-up",
+            ["quantile"],
+            registry=r,
+        )
+        self.measured_throughput = Gauge(
+            "akidb_model_server_measured_texts_per_second",
+            "self-measured throughput at the measurement's batch size",
+            ["batch_size"],
+            registry=r,
+        )
         self.info = Gauge(
             "akidb_model_server_model_info",
             "the served model",
@@ -173,6 +189,11 @@ class ModelServer:
         self._limits: Limits | None = None
         self.started = time.time()
         self.loaded = asyncio.Event()
+        # Self-measurement: "off" | "pending" (waiting to start) | "running" | "done" |
+        # "failed" | "skipped" (drained before it finished).
+        self.performance: Performance | None = None
+        self.self_benchmark = "pending" if self.settings.self_benchmark else "off"
+        self.measured = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -199,6 +220,9 @@ class ModelServer:
         except Exception as exc:
             self.state = "failed"
             self.failure = str(exc)
+            if self.self_benchmark == "pending":
+                self.self_benchmark = "skipped"
+            self.measured.set()
             self.loaded.set()
             raise
         s = self.settings
@@ -225,6 +249,69 @@ class ModelServer:
             engine.dimension,
         )
         self.loaded.set()
+        if self.self_benchmark == "pending":
+            self._start_self_benchmark(engine, self.batcher)
+        else:
+            self.measured.set()
+
+    def _start_self_benchmark(self, engine: Engine, batcher: Batcher) -> None:
+        """Measure on the inference thread, one ORT run at a time, between requests.
+
+        After ready rather than before: it adds nothing to the cold start (the gateway
+        holds requests until ready), and a request never waits for more than one
+        measurement run (requests go first, runs are kept short).
+        """
+        loop = asyncio.get_running_loop()
+        try:
+            bench = SelfBenchmark(engine, max_batch_size=self.settings.max_batch_size)
+        except Exception as exc:
+            log.warning("self-measurement could not start: %s", exc)
+            self.self_benchmark = "failed"
+            self.measured.set()
+            return
+        self.self_benchmark = "running"
+
+        def finish(state: str, perf: Performance | None = None) -> None:  # on the loop
+            self.self_benchmark = state
+            if perf is not None:
+                self.performance = perf
+                self.metrics.measured_latency.labels("0.5").set(perf.p50_ms / 1000)
+                self.metrics.measured_latency.labels("0.95").set(perf.p95_ms / 1000)
+                self.metrics.measured_throughput.labels(str(perf.batch_size)).set(
+                    perf.texts_per_second
+                )
+                log.info(
+                    "self-measurement: p50 %.2f ms, p95 %.2f ms (batch 1, %d runs), "
+                    "%.0f texts/s (batch %d) on %s; %.2fs of inference time",
+                    perf.p50_ms,
+                    perf.p95_ms,
+                    perf.latency_runs,
+                    perf.texts_per_second,
+                    perf.batch_size,
+                    perf.device,
+                    perf.duration_s,
+                )
+            self.measured.set()
+
+        def post(state: str, perf: Performance | None = None) -> None:
+            with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed
+                loop.call_soon_threadsafe(finish, state, perf)
+
+        def step() -> bool:  # on the inference thread
+            if self.state != "ready":
+                post("skipped")
+                return False
+            try:
+                more = bench.step()
+            except Exception as exc:
+                log.warning("self-measurement failed: %s", exc)
+                post("failed")
+                return False
+            if not more:
+                post("done", bench.result)
+            return more
+
+        batcher.run_when_idle(step)
 
     def begin_drain(self) -> None:
         if self.state != "draining":
@@ -317,10 +404,12 @@ class ModelServer:
         import tokenizers
 
         engine = self.engine
+        batching = asdict(self.settings)
+        batching.pop("self_benchmark", None)
         data: dict[str, Any] = {
             "state": self.state,
             "model": None if engine is None else engine.summary(),
-            "batching": asdict(self.settings),
+            "batching": batching,
             "uptime_s": round(time.time() - self.started, 3),
             "versions": {
                 "akidb_embed": __version__,
@@ -341,6 +430,8 @@ class ModelServer:
             }
             data["load_s"] = round(engine.load_seconds, 3)
             data["warmup_s"] = round(engine.warmup_seconds, 3)
+        data["self_benchmark"] = self.self_benchmark
+        data["performance"] = None if self.performance is None else self.performance.to_dict()
         if self.failure:
             data["failure"] = self.failure
         return data

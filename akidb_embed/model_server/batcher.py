@@ -141,10 +141,38 @@ class Batcher:
         self._thread: threading.Thread | None = None
         self._closed = False
         self.batches_run = 0
+        # Background work for the inference thread when no request waits (one ORT run
+        # per call; returns True to be called again). See run_when_idle.
+        self._idle_work: Callable[[], bool] | None = None
 
     @property
     def waiting(self) -> int:
         return len(self._pending)
+
+    def run_when_idle(self, work: Callable[[], bool]) -> None:
+        """Call ``work()`` on the inference thread whenever no request is waiting.
+
+        Requests always go first: ``work`` runs only with an empty queue, and each call
+        should be one short unit (one ORT run), so a request that arrives meanwhile
+        waits for at most that unit. It is called again until it returns False (or
+        raises). Used for the self-measurement after ready: same thread, same session,
+        so it never runs concurrently with a request batch.
+        """
+        self.start()
+        with self._cond:
+            self._idle_work = work
+            self._cond.notify()
+
+    def _run_idle(self, work: Callable[[], bool]) -> None:
+        try:
+            more = work()
+        except Exception:
+            log.exception("background work on the inference thread failed")
+            more = False
+        if not more:
+            with self._cond:
+                if self._idle_work is work:
+                    self._idle_work = None
 
     def start(self) -> None:
         if self._thread is None:
@@ -189,14 +217,21 @@ class Batcher:
         assert loop is not None
         cond, pending = self._cond, self._pending
         while True:
+            idle: Callable[[], bool] | None = None
             with cond:
-                while not pending and not self._closed:
+                while not pending and not self._closed and self._idle_work is None:
                     cond.wait()
                 if self._closed:
                     return
-                take = min(len(pending), self.window)
-                window = [pending.popleft() for _ in range(take)]
-                self._running = window
+                if pending:
+                    take = min(len(pending), self.window)
+                    window = [pending.popleft() for _ in range(take)]
+                    self._running = window
+                else:  # requests go first; background work only on an empty queue
+                    idle = self._idle_work
+            if idle is not None:
+                self._run_idle(idle)
+                continue
             self._report_queue()
             if len(window) == 1:
                 batches = [window]

@@ -95,6 +95,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip checking file digests against the manifest at start-up",
     )
+    p.add_argument(
+        "--no-self-benchmark",
+        action="store_true",
+        help="skip the short self-measurement (p50/p95 ms, texts/s) the server runs on its "
+        "inference thread between requests right after turning ready (shown in /info)",
+    )
     p.add_argument("--access-log", action="store_true", help="log every request")
     p.set_defaults(handler=run_serve)
 
@@ -126,6 +132,7 @@ def run_serve(args: argparse.Namespace) -> int:
         max_queue_texts=max(args.max_queue_texts, args.max_texts_per_request),
         max_body_bytes=args.max_body_bytes,
         drain_timeout=args.drain_timeout,
+        self_benchmark=not args.no_self_benchmark,
     )
 
     def loader() -> Engine:

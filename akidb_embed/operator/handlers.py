@@ -31,6 +31,7 @@ from kubernetes_asyncio.client.rest import ApiException
 from akidb_embed import k8s
 from akidb_embed.operator import objects
 from akidb_embed.operator.config import OperatorConfig
+from akidb_embed.operator.performance import fetch_performance, pod_endpoint
 from akidb_embed.operator.placement import (
     ACTIVATING,
     CAPACITY_EXHAUSTED,
@@ -92,6 +93,8 @@ class Operator:
         self.priority = priority
         self.indexes: tuple[kopf.Index, kopf.Index] | None = None
         self.ticker: asyncio.Task[None] | None = None
+        # One status.performance read per model that turned Ready (background tasks).
+        self.measurements: dict[str, asyncio.Task[None]] = {}
 
     # -- API access -------------------------------------------------------------------
 
@@ -290,6 +293,7 @@ class Operator:
                 },
             )
             _event(body, type="Normal", reason="Ready", message=message)
+            self.record_performance_later(body)
         elif isinstance(action, MarkActivating):
             message = f"{action.model} lost its ready pod; waiting for a new one"
             await self.patch_status(
@@ -312,6 +316,58 @@ class Operator:
             )
         elif isinstance(action, Wait):
             await self._wait(action, body, stamp)
+
+    # -- measured performance ------------------------------------------------------------
+
+    def record_performance_later(self, body: Body) -> None:
+        """Read the ready pod's self-measurement and write status.performance, off the lock.
+
+        In the background: the server measures for about a second after turning ready,
+        and a decision must not wait for that (or for a pod that does not answer).
+        """
+        meta = body["metadata"]
+        name = meta["name"]
+        previous = self.measurements.pop(name, None)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        task = asyncio.create_task(self._record_performance(name, meta["namespace"]))
+        self.measurements[name] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self.measurements.get(name) is done:
+                del self.measurements[name]
+
+        task.add_done_callback(forget)
+
+    async def _record_performance(self, name: str, namespace: str) -> None:
+        try:
+            pods = await self.core.list_namespaced_pod(
+                namespace,
+                label_selector=f"{k8s.LABEL_NAME}={k8s.MODEL_SERVER_APP},{k8s.LABEL_MODEL}={name}",
+            )
+            url = next((u for u in map(pod_endpoint, pods.items) if u), None)
+            if url is None:
+                log.info("%s: no ready pod to read performance from", name)
+                return
+            perf = await fetch_performance(url)
+            if perf is None:
+                return
+            # Not through patch_status: performance is no decision input, and a write
+            # recorded in the overlay from outside the lock could mask a newer phase.
+            await self.custom.patch_namespaced_custom_object_status(
+                k8s.GROUP,
+                k8s.VERSION,
+                namespace,
+                k8s.PLURAL,
+                name,
+                {"status": {"performance": perf}},
+                _content_type=MERGE_PATCH,
+            )
+            log.info("%s: measured %s", name, perf)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never fatal: the model serves without the numbers
+            log.warning("%s: could not record performance: %s", name, exc)
 
     async def _wait(self, action: Wait, body: Body, stamp: str) -> None:
         """Record a wait once (condition + Event), not on every decision."""
@@ -578,6 +634,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:
+        for task in list(operator.measurements.values()):
+            task.cancel()
         if operator.api is not None:
             await operator.api.close()
 

@@ -474,11 +474,24 @@ def _demand_settled(em: dict[str, Any]) -> bool:
     return active >= requested
 
 
-def test_deleting_a_model_removes_its_deployment_and_pod(deployed: Deployed) -> None:
+def test_a_ready_model_reports_measured_performance_and_deletion_cleans_up(
+    deployed: Deployed,
+) -> None:
     deployed.create_tiny("short-lived")
     deployed.wait_phase("short-lived", "Standby", timeout=180)
     deployed.demand("short-lived")
     deployed.wait_phase("short-lived", "Ready", timeout=60)
+    # The operator reads the pod's self-measurement (GET <podIP>:8080/info) into the
+    # status; `kubectl get em -o json` (what `em()` runs) shows it.
+    perf = deployed.cluster.wait_for(
+        lambda: (deployed.em("short-lived").get("status") or {}).get("performance"),
+        30,
+        "status.performance of short-lived",
+    )
+    assert perf["p50Ms"] > 0 and perf["p95Ms"] >= perf["p50Ms"], perf
+    assert perf["textsPerSecond"] > 0 and perf["device"] == "CPUExecutionProvider", perf
+    measured = k8s.parse_time(perf["measuredAt"])
+    assert measured is not None and abs(measured - time.time()) < 120, perf
     deployed.kubectl("delete", "em", "short-lived", "-n", NS, "--wait=true", "--timeout=60s")
     deployed.cluster.wait_for(
         lambda: (
