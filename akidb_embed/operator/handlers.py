@@ -93,6 +93,10 @@ class Operator:
         self.priority = priority
         self.indexes: tuple[kopf.Index, kopf.Index] | None = None
         self.ticker: asyncio.Task[None] | None = None
+        # One pending "decide again at" wake-up (see Wait.retry_at) and its time.
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_at = float("inf")
+        self._background: set[asyncio.Task[None]] = set()  # keeps fired wake-ups alive
         # One status.performance read per model that turned Ready (background tasks).
         self.measurements: dict[str, asyncio.Task[None]] = {}
 
@@ -204,6 +208,24 @@ class Operator:
             except Exception:
                 log.exception("periodic decision failed; retrying next tick")
 
+    def _decide_again_at(self, when: float) -> None:
+        """Decide again at `when` (epoch seconds) instead of waiting for the next tick."""
+        if self._wakeup is not None and not self._wakeup.cancelled():
+            if self._wakeup_at <= when:
+                return
+            self._wakeup.cancel()
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._wakeup, self._wakeup_at = None, float("inf")
+            if self.indexes is not None:
+                task = asyncio.create_task(self.reconcile(*self.indexes))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._wakeup_at = when
+        self._wakeup = loop.call_later(max(0.0, when - time.time()) + 0.05, fire)
+
     def _bodies(self, models: kopf.Index) -> dict[str, Body]:
         bodies: dict[str, Body] = {}
         for store in models.values():
@@ -222,6 +244,8 @@ class Operator:
         )
         self.decisions += 1
         for action in actions:
+            if isinstance(action, Wait) and action.retry_at is not None:
+                self._decide_again_at(action.retry_at)
             body = bodies.get(action.model)
             if body is None:
                 continue
@@ -686,3 +710,5 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     async def stop_ticking(**_: Any) -> None:
         if operator.ticker is not None:
             operator.ticker.cancel()
+        if operator._wakeup is not None:
+            operator._wakeup.cancel()

@@ -123,6 +123,9 @@ class Wait:
     model: str
     reason: str
     message: str
+    # When the decision can change without any new event (the earliest minimum
+    # residency of a blocking model runs out), so the operator decides again then.
+    retry_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -326,6 +329,11 @@ def decide(
                 budget.pending_slots -= 1
                 budget.pending_memory -= victim.memory
             blockers = sorted(n for n in by_name if phase[n] in ACTIVE_PHASES and n not in leaving)
+            residency_ends = [
+                by_name[n].last_used + limits.min_residency
+                for n in blockers
+                if not by_name[n].pinned
+            ]
             actions.append(
                 Wait(
                     w.name,
@@ -333,6 +341,7 @@ def decide(
                     f"{w.name} is waiting: all {limits.capacity} slots are held by pinned or "
                     f"recently used models ({', '.join(blockers) or 'none'}; minimum "
                     f"residency {limits.min_residency:.0f}s)",
+                    retry_at=min(residency_ends, default=None),
                 )
             )
             continue

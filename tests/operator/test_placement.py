@@ -116,6 +116,8 @@ def test_pinned_and_recent_models_are_not_evicted() -> None:
     (wait,) = of(Wait, actions)
     assert wait.reason == CAPACITY_EXHAUSTED
     assert "also-recent, pinned-old, recent" in wait.message
+    # The operator decides again when the first unpinned blocker's residency ends.
+    assert wait.retry_at == NOW - 29 + 30
 
     # As soon as residency has passed, the least recently used unpinned one goes.
     later = decide(models, pods, Limits(capacity=3, min_residency=30), NOW + 25)
