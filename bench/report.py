@@ -130,11 +130,36 @@ def gateway_section() -> str:
     targets = data.get("targets_met")
     if targets:
         parts.append(_table(["target", "met"], [[k, v] for k, v in targets.items()]))
-    for key in ("cold_start", "lru_churn"):
-        if key in data:
-            parts.append(
-                f"### {key.replace('_', ' ')}\n\n```json\n{json.dumps(data[key], indent=2)}\n```"
-            )
+    cold = data.get("cold_start")
+    if cold:
+        models = cold.get("models", {})
+        names = list(models)
+        part_names = list(cold.get("parts", {}))
+        rows = [
+            [f"{p}: {cold['parts'][p]}", *(models[n]["p50_ms"].get(p, "") for n in names)]
+            for p in part_names
+        ]
+        rows.append(["**total p50**", *(models[n]["total_p50_ms"] for n in names)])
+        rows.append(["total max", *(models[n]["total_max_ms"] for n in names)])
+        parts.append(
+            f"### Cold start (p50 ms), {str(cold.get('date', ''))[:10]}\n\n"
+            + f"{cold.get('what', '')}.\n\n"
+            + _table(["part", *names], rows)
+        )
+    churn = data.get("lru_churn")
+    if churn:
+        rows = [
+            [k.replace("_", " "), churn[k]["n"], churn[k]["p50_ms"], churn[k]["p95_ms"]]
+            for k in ("warm", "cold", "cold_without_capacity_wait", "cold_with_capacity_wait")
+            if k in churn
+        ]
+        parts.append(
+            f"### LRU churn, {str(churn.get('date', ''))[:10]}\n\n"
+            + f"{churn.get('what', '')}: {churn.get('succeeded')}/{churn.get('requests_total')} "
+            + f"requests succeeded, {churn.get('evictions')} evictions, at most "
+            + f"{churn.get('max_model_pods_seen')} model pods seen.\n\n"
+            + _table(["requests", "n", "p50 ms", "p95 ms"], rows)
+        )
     return "\n\n".join(parts)
 
 
@@ -143,13 +168,33 @@ def operator_section() -> str:
     if loaded is None:
         return ""
     data, mtime = loaded
-    return "\n\n".join(
+    policy = [
+        [r["models"], r["quiet_ms"], r["activate_ms"], r["evict_for_demand_ms"]]
+        for r in data.get("policy", [])
+    ]
+    cluster = [
         [
-            "## Operator decisions — `python -m bench.operator_decisions`",
-            f"Measured {str(data.get('date', mtime))[:10]}.",
-            "```json\n" + json.dumps(data, indent=2)[:6000] + "\n```",
+            r["models"],
+            r["demands"],
+            r["demand_to_deployment_p50_ms"],
+            r["demand_to_deployment_max_ms"],
+            r["startup_resume_s"],
         ]
-    )
+        for r in data.get("cluster", [])
+    ]
+    parts = [
+        "## Operator decisions — `python -m bench.operator_decisions --cluster`",
+        _machine_line(data.get("machine", {}), str(data.get("date", mtime))[:10]),
+        "The pure placement policy, one decision (ms):",
+        _table(["EmbeddingModels", "nothing to do", "activate", "evict for demand"], policy),
+    ]
+    if cluster:
+        parts += [
+            "Against the real API server: demand (status.requestedAt) to the activation's "
+            "Deployment update, and the operator's start-up pass over all resources:",
+            _table(["EmbeddingModels", "demands", "p50 ms", "max ms", "start-up pass s"], cluster),
+        ]
+    return "\n\n".join(parts)
 
 
 def render() -> str:
