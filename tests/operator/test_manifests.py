@@ -250,3 +250,18 @@ def test_dockerfile_is_hadolint_clean() -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     text = (ROOT / "Dockerfile.operator").read_text()
     assert re.search(r"^USER 10001", text, re.M), "image must not run as root"
+
+
+def test_network_policy_admits_only_gateway_and_operator_to_model_servers() -> None:
+    (policy,) = load_all(ROOT / "manifests" / "base" / "network-policy.yaml")
+    spec = policy["spec"]
+    assert spec["podSelector"]["matchLabels"] == {k8s.LABEL_NAME: k8s.MODEL_SERVER_APP}
+    (rule,) = spec["ingress"]
+    sources = {p["podSelector"]["matchLabels"][k8s.LABEL_NAME] for p in rule["from"]}
+    assert sources == {"akidb-gateway", "akidb-operator"}
+    assert rule["ports"] == [{"port": k8s.MODEL_SERVER_PORT_NAME, "protocol": "TCP"}]
+    # Both sources are the names their Deployments' pods really carry.
+    for path in ("manifests/base/operator.yaml", "manifests/gateway/deployment.yaml"):
+        deployments = [d for d in load_all(ROOT / path) if d["kind"] == "Deployment"]
+        labels = deployments[0]["spec"]["template"]["metadata"]["labels"]
+        assert labels[k8s.LABEL_NAME] in sources
