@@ -386,7 +386,7 @@ class Watcher:
 
 
 def start_cluster(state_dir: Path) -> Any:
-    from akidb_embed.devcluster import DevCluster, kubectl_path
+    from akidb_embed.devcluster import DevCluster
     from tests.fixtures.cluster import TestCluster
 
     dev = DevCluster(state_dir)
@@ -395,18 +395,7 @@ def start_cluster(state_dir: Path) -> Any:
     except BaseException:
         dev.down()
         raise
-    cfg = dev.config()
-    return TestCluster(
-        dev=dev,
-        kubeconfig=dev.kubeconfig,
-        server=cfg.server,
-        node_name=cfg.node_name,
-        node_ip=cfg.node_ip,
-        pod_subnet=cfg.pod_subnet,
-        state_dir=state_dir,
-        env=dev.env(),
-        kubectl_bin=kubectl_path(cfg.kube_version),
-    )
+    return TestCluster.of(dev)
 
 
 def install(cluster: Any, models: dict[str, dict[str, Any]]) -> str:
