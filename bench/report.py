@@ -50,8 +50,8 @@ def _machine_line(machine: dict[str, Any], date: str) -> str:
     return f"Measured {date} on: " + ", ".join(parts) + "."
 
 
-def model_server_section() -> str:
-    loaded = _load("model_server.json")
+def model_server_section(name: str = "model_server", title: str = "MiniLM fp32 on the CPU") -> str:
+    loaded = _load(f"{name}.json")
     if loaded is None:
         return ""
     data, mtime = loaded
@@ -70,12 +70,12 @@ def model_server_section() -> str:
     mem_line = ", ".join(f"{k} {_fmt(v)}" for k, v in mem.items())
     return "\n\n".join(
         [
-            "## Model server (MiniLM, CPU) — `python -m bench.model_server`",
+            f"## Model server: {title} — `python -m bench.model_server`",
             _machine_line(machine, date),
             _table(["system", "texts/s", "p50 ms", "p95 ms", "p99 ms"], rows),
             _table(["ratio", "value", "target", "met"], ratios),
             f"Server memory with the model loaded: {mem_line}.",
-            "![model server benchmark](../bench/results/model_server.png)",
+            f"![model server benchmark](../bench/results/{name}.png)",
         ]
     )
 
@@ -200,7 +200,16 @@ def operator_section() -> str:
 def render() -> str:
     sections = [
         s
-        for s in (model_server_section(), gpu_section(), gateway_section(), operator_section())
+        for s in (
+            model_server_section(),
+            model_server_section(
+                "model_server_int8",
+                "MiniLM int8 on the CPU (sentence-transformers row: fp32 PyTorch)",
+            ),
+            gpu_section(),
+            gateway_section(),
+            operator_section(),
+        )
         if s
     ]
     head = (
