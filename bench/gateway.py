@@ -377,7 +377,8 @@ class Watcher:
                 raise SystemExit(f"timed out after {timeout:.0f}s waiting for {what}")
             await asyncio.sleep(0.1)
 
-    async def wait_standby(self, models: list[str], timeout: float = 120) -> None:
+    async def wait_standby(self, models: list[str], timeout: float = 900) -> None:
+        # Generous: the first run converts every model with Jobs, minutes on 2 cores.
         await self.wait(
             lambda: all(self.phase(m) == "Standby" and not self.pods_of(m) for m in models),
             timeout,
