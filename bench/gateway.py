@@ -587,10 +587,15 @@ async def bench_cold(
 
 
 async def bench_churn(
-    http: aiohttp.ClientSession, url: str, watcher: Watcher, rounds: int, repeat: int
+    http: aiohttp.ClientSession,
+    url: str,
+    watcher: Watcher,
+    rounds: int,
+    repeat: int,
+    installed: list[str],
 ) -> dict[str, Any]:
     models = list(CHURN_MODELS)
-    await watcher.wait_standby(models + list(COLD_MODELS))  # start with every slot free
+    await watcher.wait_standby(installed)  # start with every slot free
     before = {s.obj["metadata"]["uid"] for s in watcher.seen if s.kind == "event"}
     max_before = watcher.max_live_pods
     watcher.max_live_pods = len(watcher.live_pods)
@@ -698,7 +703,7 @@ async def bench_cluster(args: argparse.Namespace, parts: set[str]) -> dict[str, 
                     out["cold_start"] = await bench_cold(http, url, watcher, args.cold_runs)
                 if "churn" in parts:
                     out["lru_churn"] = await bench_churn(
-                        http, url, watcher, args.churn_rounds, args.churn_repeat
+                        http, url, watcher, args.churn_rounds, args.churn_repeat, list(manifests)
                     )
         finally:
             await watcher.stop()
