@@ -43,7 +43,6 @@ import json
 import os
 import platform
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -55,16 +54,12 @@ from typing import Any
 
 import aiohttp
 
+from akidb_embed.model_server.runner import free_port
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "gateway.json"
 TEXT = "What is the capital of France?"
 MODEL = "all-minilm-l6-v2"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class StaticBackend:

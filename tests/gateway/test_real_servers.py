@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -21,16 +20,11 @@ import numpy as np
 import openai
 import pytest
 
+from akidb_embed.model_server.runner import free_port
 from tests.gateway.conftest import GatewayFactory, state
 from tests.gateway.fakes import FakeBackend, model_obj, pod_obj
 
 pytestmark = pytest.mark.slow
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class ServerProcess:
