@@ -66,7 +66,6 @@ class BatchStats:
     """Hooks the HTTP layer uses for metrics (no prometheus import here)."""
 
     on_batch: Callable[[int, int, int, float], None] | None = None  # texts, tokens, padded, s
-    on_queue: Callable[[int], None] | None = None
 
 
 def _length_order(item: _Item) -> tuple[int, int]:
@@ -199,12 +198,7 @@ class Batcher:
         with self._cond:
             self._pending.extend(items)
             self._cond.notify()
-        self._report_queue()
         return await job.future
-
-    def _report_queue(self) -> None:
-        if self.stats.on_queue:
-            self.stats.on_queue(len(self._pending))
 
     def _serve(self) -> None:
         """The inference thread: take what waits, cut it into batches, run them.
@@ -232,7 +226,6 @@ class Batcher:
             if idle is not None:
                 self._run_idle(idle)
                 continue
-            self._report_queue()
             if len(window) == 1:
                 batches = [window]
             else:
