@@ -52,13 +52,25 @@ def artifact_key(source: str, revision: str, precision: str, opset: int | None =
 
 @dataclass
 class Parity:
-    """How the ONNX model compares with the PyTorch reference on fixed texts."""
+    """How the ONNX model compares with the PyTorch reference on fixed texts.
 
-    min_cosine: float
-    mean_cosine: float
+    Embedding models: cosine of each text's embedding with the reference (threshold: the
+    lowest allowed). Rerankers: `max_abs_error` of the relevance logits of fixed
+    (query, document) pairs (threshold: the largest allowed); the cosines are None.
+    """
+
+    min_cosine: float | None
+    mean_cosine: float | None
     texts: int
     threshold: float
     reference: str  # e.g. "transformers 5.23.0 / torch 2.15.0"
+    max_abs_error: float | None = None
+
+
+# Quantization ranges for the int8/uint8 output types, calibrated at conversion:
+# {"normalized" | "raw": {"<dimension>": [[min per dimension], [max per dimension]]}},
+# one entry per output dimension the model serves (matryoshka dimensions included).
+Quantization = dict[str, dict[str, list[list[float]]]]
 
 
 @dataclass
@@ -79,6 +91,9 @@ class ArtifactManifest:
     inputs: list[str]  # ONNX input names, e.g. input_ids, attention_mask[, token_type_ids]
     output: str  # ONNX output holding token states, e.g. last_hidden_state
     matryoshka_dimensions: list[int] = field(default_factory=list)
+    task: str = "embed"  # embed | rerank (a cross-encoder: output is relevance logits)
+    catalog_id: str = ""  # the catalog entry the conversion recognised, if any
+    quantization: Quantization = field(default_factory=dict)
     query_prefix: str = ""
     document_prefix: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative path -> "sha256:<hex>"

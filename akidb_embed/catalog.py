@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Pooling = Literal["mean", "cls", "last-token"]
+Task = Literal["embed", "rerank"]  # embeddings, or relevance scores of (query, document)
 POOLING_MODES: tuple[str, ...] = ("mean", "cls", "last-token")
 PRECISIONS: tuple[str, ...] = ("fp32", "fp16", "int8")
 
@@ -35,6 +36,7 @@ class Family:
     normalize: bool = True
     query_prefix: str = ""
     document_prefix: str = ""
+    task: Task = "embed"
 
     @property
     def padding_side(self) -> Literal["left", "right"]:

@@ -1,126 +1,68 @@
-"""Request bodies of the gateway's embedding APIs: parse, validate, shape for upstream.
+"""What the gateway does with a model call: check its shape, pick the model, forward.
 
-Each parser returns the requested model name (None -> the default model) and the body
-to send to the model server (its `/embed` or `/v1/embeddings`). A malformed body raises
-a 400 `GatewayError` that says what is wrong.
+The body is decoded with the route's request type from the contract (shape only: the
+model's own limits are the model server's to apply) and, when it is well formed, the
+client's bytes are forwarded unchanged to the same route of a pod of the model.
 """
 
 from __future__ import annotations
 
-import json
+from dataclasses import dataclass
 from typing import Any
 
-from akidb_embed.gateway.errors import GatewayError, bad_request
-
-NATIVE_FIELDS = ("model", "texts", "normalize", "dimensions", "input_type", "truncate")
-INPUT_TYPES = ("query", "document")
-ENCODING_FORMATS = ("float", "base64")
-
-
-def load_json_object(raw: bytes) -> dict[str, Any]:
-    if not raw:
-        raise bad_request("the request body is empty; send a JSON object")
-    try:
-        body = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise bad_request(f"the request body is not valid JSON: {exc}") from None
-    if not isinstance(body, dict):
-        raise bad_request("the request body must be a JSON object")
-    return body
+from akidb_embed.api import codec
+from akidb_embed.api.errors import ApiError, Code
+from akidb_embed.api.limits import wrong_task
+from akidb_embed.api.routes import Route
+from akidb_embed.gateway.registry import Registry
 
 
-def _model(body: dict[str, Any]) -> str | None:
-    model = body.get("model")
-    if model is None:
-        return None
-    if not isinstance(model, str) or not model.strip():
-        raise bad_request("'model' must be a non-empty string")
-    return model.strip()
+@dataclass(frozen=True)
+class Target:
+    model: str  # the EmbeddingModel
+    match: str  # how the requested name matched: name, catalog-id, ..., or default
 
 
-def _dimensions(body: dict[str, Any]) -> int | None:
-    dims = body.get("dimensions")
-    if dims is None:
-        return None
-    if isinstance(dims, bool) or not isinstance(dims, int) or dims <= 0:
-        raise bad_request("'dimensions' must be a positive integer")
-    return dims
+def requested_model(route: Route, raw: bytes) -> str | None:
+    """Decode `raw` as the route's request (400 when malformed); the `model` it names."""
+    request: Any = codec.decode(route.request, raw)
+    return request.model  # type: ignore[no-any-return]
 
 
-def _optional_bool(body: dict[str, Any], key: str) -> bool | None:
-    value = body.get(key)
-    if value is not None and not isinstance(value, bool):
-        raise bad_request(f"'{key}' must be true or false")
-    return value
+def default_model(registry: Registry, route: Route, configured: str) -> str:
+    """The model of a call that names none: the configured default for embeddings
+    and tokenizing, the only reranker for rerank calls."""
+    if route.task != "rerank":
+        return configured
+    rerankers = sorted(n for n, s in registry.models.items() if s.task == "rerank")
+    if len(rerankers) == 1:
+        return rerankers[0]
+    raise ApiError(
+        Code.NO_DEFAULT_MODEL,
+        "name the reranker in 'model'; rerankers here: " + (", ".join(rerankers) or "(none)"),
+        details={"known_models": rerankers},
+    )
 
 
-def _input_type(body: dict[str, Any]) -> str | None:
-    value = body.get("input_type")
-    if value is not None and value not in INPUT_TYPES:
-        raise bad_request("'input_type' must be 'query', 'document' or null")
-    return value
+def check_task(registry: Registry, route: Route, model: str) -> None:
+    """Refuse a call the model cannot serve before it is started for nothing."""
+    state = registry.models.get(model)
+    if route.task is not None and state is not None and state.task != route.task:
+        raise wrong_task(model, state.task, route.task)
 
 
-def parse_native(body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """`POST /api/v1/embed` -> (model, body for the model server's `/embed`)."""
-    unknown = sorted(set(body) - set(NATIVE_FIELDS))
-    if unknown:
-        raise bad_request(
-            f"unknown field(s) {', '.join(map(repr, unknown))}; allowed: {', '.join(NATIVE_FIELDS)}"
-        )
-    model = _model(body)
-    texts = body.get("texts")
-    if texts is None:
-        raise bad_request("'texts' is required: a non-empty list of strings")
-    if not isinstance(texts, list) or not texts:
-        raise bad_request("'texts' must be a non-empty list of strings")
-    for i, text in enumerate(texts):
-        if not isinstance(text, str):
-            raise bad_request(f"'texts[{i}]' must be a string, got {type(text).__name__}")
-    upstream: dict[str, Any] = {"texts": texts}
-    for key, value in (
-        ("normalize", _optional_bool(body, "normalize")),
-        ("truncate", _optional_bool(body, "truncate")),
-        ("dimensions", _dimensions(body)),
-        ("input_type", _input_type(body)),
-    ):
-        if value is not None:
-            upstream[key] = value
-    return model, upstream
+def match_kind(registry: Registry, model: str, requested: str | None) -> str:
+    if requested is None:
+        return "default"
+    state = registry.models.get(model)
+    if state is None or requested.lower() == model.lower():
+        return "name"
+    return state.alias_kinds.get(requested.lower(), "name")
 
 
-def parse_openai(body: dict[str, Any]) -> tuple[str | None, dict[str, Any]]:
-    """`POST /v1/embeddings` -> (model, body for the model server's `/v1/embeddings`).
-
-    Unknown fields are ignored (OpenAI clients send e.g. `user`)."""
-    model = _model(body)
-    raw = body.get("input")
-    if raw is None:
-        raise bad_request("'input' is required: a string or a non-empty list of strings")
-    if isinstance(raw, str):
-        inputs: str | list[str] = raw
-    elif isinstance(raw, list) and raw:
-        if any(isinstance(item, int | list) and not isinstance(item, str) for item in raw):
-            raise bad_request("token arrays are not supported; send 'input' as text")
-        for i, item in enumerate(raw):
-            if not isinstance(item, str):
-                raise bad_request(f"'input[{i}]' must be a string, got {type(item).__name__}")
-        inputs = raw
-    else:
-        raise bad_request("'input' must be a string or a non-empty list of strings")
-    encoding = body.get("encoding_format")
-    if encoding is not None and encoding not in ENCODING_FORMATS:
-        raise bad_request("'encoding_format' must be 'float' or 'base64'")
-    upstream: dict[str, Any] = {"input": inputs}
-    if encoding is not None:
-        upstream["encoding_format"] = encoding
-    dims = _dimensions(body)
-    if dims is not None:
-        upstream["dimensions"] = dims
-    input_type = _input_type(body)
-    if input_type is not None:
-        upstream["input_type"] = input_type
-    return model, upstream
+def names_model(route: Route) -> bool:
+    """The route's answer carries a `model` field (the gateway sets it to the resource)."""
+    return "model" in getattr(route.response, "__struct_fields__", ())
 
 
 def rewrite_model(body: bytes, model: str) -> bytes:
@@ -128,16 +70,14 @@ def rewrite_model(body: bytes, model: str) -> bytes:
 
     The common case (the server already names the model so) passes the bytes through
     untouched: re-encoding hundreds of floats would cost more than the whole hop."""
-    name = json.dumps(model).encode()
-    if b'"model": ' + name in body or b'"model":' + name in body:
+    name = codec.dumps(model)
+    if b'"model":' + name in body or b'"model": ' + name in body:
         return body
     try:
-        data = json.loads(body)
+        data = codec.loads(body)
     except ValueError:
-        raise GatewayError(
-            502, "upstream_error", "the model server answered with invalid JSON"
-        ) from None
+        raise ApiError(Code.UPSTREAM_ERROR, "the model server answered with invalid JSON") from None
     if not isinstance(data, dict):
-        raise GatewayError(502, "upstream_error", "the model server answered a non-object")
+        raise ApiError(Code.UPSTREAM_ERROR, "the model server answered a non-object")
     data["model"] = model
-    return json.dumps(data, separators=(",", ":")).encode()
+    return codec.dumps(data)

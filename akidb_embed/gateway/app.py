@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
-import json
 import logging
 import signal
 import time
@@ -20,23 +19,28 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from akidb_embed import __version__
+from akidb_embed.api import codec
+from akidb_embed.api import openapi as api_doc
+from akidb_embed.api.errors import ApiError, Code
+from akidb_embed.api.http import errors_middleware, json_response
+from akidb_embed.api.routes import ROUTES, Route, gateway_routes
 from akidb_embed.gateway import api
 from akidb_embed.gateway.config import GatewayConfig
 from akidb_embed.gateway.discovery import ClusterBackend
-from akidb_embed.gateway.errors import GatewayError, error_response
 from akidb_embed.gateway.metrics import Metrics
-from akidb_embed.gateway.openapi import openapi_document
 from akidb_embed.gateway.registry import Registry
 from akidb_embed.gateway.router import Router, UpstreamReply
 from akidb_embed.k8s import parse_time, to_rfc3339
 
 log = logging.getLogger("akidb_embed.gateway")
 
-# Paths reachable without an API key.
-AUTH_EXEMPT = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# Paths reachable without an API key (probes, metrics, the document).
+AUTH_EXEMPT = frozenset(r.path for r in ROUTES if r.open and r.gateway)
 DISCOVERY_RESTART_DELAY = 2.0
+# The largest batch a TEI client is told it may send (the model server's default).
+TEI_MAX_CLIENT_BATCH = 2048
 
-Parser = Callable[[dict[str, Any]], tuple[str | None, dict[str, Any]]]
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -52,46 +56,12 @@ class Gateway:
 
 
 GATEWAY = web.AppKey("gateway", Gateway)
-
-_STATUS_TYPES = {
-    400: "invalid_request_error",
-    404: "not_found",
-    405: "method_not_allowed",
-    413: "request_too_large",
-    415: "unsupported_media_type",
-}
-
-
-@web.middleware
-async def error_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    try:
-        return await handler(request)
-    except GatewayError as exc:
-        return exc.response()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[GATEWAY].config.max_body_bytes
-        return error_response(
-            413, "request_too_large", f"the request body is larger than {limit} bytes"
-        )
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-        message = exc.reason
-        if exc.status == 404:
-            message = f"no route for {request.method} {request.path}"
-        return error_response(
-            exc.status, _STATUS_TYPES.get(exc.status, "error"), message, headers=headers
-        )
-    except (asyncio.CancelledError, ConnectionResetError):
-        raise
-    except Exception as exc:
-        log.exception("unexpected error on %s %s", request.method, request.path)
-        return error_response(500, "internal_error", f"internal error: {type(exc).__name__}")
+DOCUMENT = web.AppKey("openapi", bytes)
 
 
 def auth_middleware(keys: frozenset[str]) -> Any:
     encoded = [k.encode() for k in keys]
+    challenge = {"WWW-Authenticate": "Bearer"}
 
     @web.middleware
     async def check_key(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -101,37 +71,33 @@ def auth_middleware(keys: frozenset[str]) -> Any:
         scheme, _, token = header.partition(" ")
         given = token.strip().encode()
         if scheme.lower() != "bearer" or not given:
-            raise GatewayError(
-                401,
-                "authentication_error",
+            raise ApiError(
+                Code.MISSING_API_KEY,
                 "missing API key: send 'Authorization: Bearer <key>'",
-                headers={"WWW-Authenticate": "Bearer"},
+                headers=challenge,
             )
         ok = False
         for key in encoded:  # constant time per key; no early exit
             ok |= hmac.compare_digest(given, key)
         if not ok:
-            raise GatewayError(
-                401,
-                "authentication_error",
-                "invalid API key",
-                headers={"WWW-Authenticate": "Bearer"},
-            )
+            raise ApiError(Code.INVALID_API_KEY, "invalid API key", headers=challenge)
         return await handler(request)
 
     return check_key
 
 
-def _reply_response(reply: UpstreamReply, model: str) -> web.Response:
-    headers = {"X-Akidb-Pod": reply.pod, **reply.headers}
+def _reply_response(reply: UpstreamReply, route: Route, target: api.Target) -> web.Response:
+    headers = {
+        "X-Akidb-Pod": reply.pod,
+        "X-Akidb-Model": target.model,
+        "X-Akidb-Model-Match": target.match,
+        **reply.headers,
+    }
     if reply.cold_wait is not None:
         headers["X-Akidb-Cold-Start"] = f"{reply.cold_wait:.3f}"
     if reply.status == 200:
-        return web.Response(
-            body=api.rewrite_model(reply.body, model),
-            content_type="application/json",
-            headers=headers,
-        )
+        body = api.rewrite_model(reply.body, target.model) if api.names_model(route) else reply.body
+        return web.Response(body=body, content_type="application/json", headers=headers)
     # Upstream errors (4xx: the client's mistake) pass through as they are.
     return web.Response(
         status=reply.status,
@@ -140,38 +106,37 @@ def _reply_response(reply: UpstreamReply, model: str) -> web.Response:
     )
 
 
-async def _embed(request: web.Request, api_name: str, parse: Parser, path: str) -> web.Response:
-    gw = request.app[GATEWAY]
-    started = time.perf_counter()
-    model_label = "-"
-    status = 500
-    try:
-        body = api.load_json_object(await request.read())
-        name, upstream = parse(body)
-        model = gw.router.resolve(name)
-        model_label = model
-        reply = await gw.router.call(model, path, upstream)
-        response = _reply_response(reply, model)
-        status = response.status
-        return response
-    except GatewayError as exc:
-        status = exc.status
-        raise
-    except web.HTTPException as exc:
-        status = exc.status
-        raise
-    finally:
-        gw.metrics.requests.labels(api_name, model_label, str(status)).inc()
-        if model_label != "-":
-            gw.metrics.latency.labels(model_label).observe(time.perf_counter() - started)
+def model_call(route: Route) -> Handler:
+    """Handler of a forwarded route: check the shape, resolve the model, forward as is."""
+    assert route.server_path is not None
+    path = route.server_path
 
+    async def handle(request: web.Request) -> web.Response:
+        gw = request.app[GATEWAY]
+        started = time.perf_counter()
+        model_label = "-"
+        status = 500
+        try:
+            raw = await request.read()
+            requested = api.requested_model(route, raw)
+            wanted = requested or api.default_model(gw.registry, route, gw.config.default_model)
+            model = gw.router.resolve(wanted)
+            model_label = model
+            api.check_task(gw.registry, route, model)
+            target = api.Target(model, api.match_kind(gw.registry, model, requested))
+            reply = await gw.router.call(model, path, raw)
+            response = _reply_response(reply, route, target)
+            status = response.status
+            return response
+        except (ApiError, web.HTTPException) as exc:
+            status = exc.status
+            raise
+        finally:
+            gw.metrics.requests.labels(route.name, model_label, str(status)).inc()
+            if model_label != "-":
+                gw.metrics.latency.labels(model_label).observe(time.perf_counter() - started)
 
-async def embed_native(request: web.Request) -> web.Response:
-    return await _embed(request, "native", api.parse_native, "/embed")
-
-
-async def embed_openai(request: web.Request) -> web.Response:
-    return await _embed(request, "openai", api.parse_openai, "/v1/embeddings")
+    return handle
 
 
 def _time(value: float | None) -> str | None:
@@ -195,6 +160,7 @@ async def list_models(request: web.Request) -> web.Response:
         models.append(
             {
                 "name": name,
+                "task": state.task,
                 "aliases": state.aliases,
                 "default": name == gw.registry.resolve(gw.config.default_model),
                 "dimension": state.dimension,
@@ -212,7 +178,7 @@ async def list_models(request: web.Request) -> web.Response:
                 "artifact": status.get("artifact"),
             }
         )
-    return web.json_response({"default_model": gw.config.default_model, "models": models})
+    return json_response({"default_model": gw.config.default_model, "models": models})
 
 
 async def list_models_openai(request: web.Request) -> web.Response:
@@ -223,23 +189,51 @@ async def list_models_openai(request: web.Request) -> web.Response:
             "object": "model",
             "created": int(gw.registry.models[name].created or 0),
             "owned_by": "akidb-embed",
+            "task": gw.registry.models[name].task,
         }
         for name in gw.registry.known_models()
     ]
-    return web.json_response({"object": "list", "data": data})
+    return json_response({"object": "list", "data": data})
+
+
+async def tei_info(request: web.Request) -> web.Response:
+    """TEI's /info, for the default model, from its EmbeddingModel (no pod needed)."""
+    gw = request.app[GATEWAY]
+    model = gw.router.resolve(gw.config.default_model)
+    state = gw.registry.models[model]
+    spec = state.spec
+    kind = (
+        {"reranker": {"id2label": {"0": "LABEL_0"}}}
+        if state.task == "rerank"
+        else {"embedding": {"pooling": str(spec.get("pooling") or "mean")}}
+    )
+    return json_response(
+        {
+            "model_id": model,
+            "model_type": kind,
+            "max_input_length": int(spec.get("maxLength") or 512),
+            "max_client_batch_size": TEI_MAX_CLIENT_BATCH,
+            "version": __version__,
+            "model_dtype": spec.get("precision"),
+        }
+    )
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
     gw = request.app[GATEWAY]
     if gw.draining:
-        return error_response(503, "draining", "the gateway is shutting down")
+        return json_response({"status": "draining", "message": "the gateway is shutting down"}, 503)
     if not gw.registry.synced:
-        return error_response(503, "not_ready", "model and pod watches have not synced yet")
-    return web.json_response({"status": "ready", "models": len(gw.registry.models)})
+        return json_response(
+            {"status": "not_ready", "message": "model and pod watches have not synced yet"},
+            503,
+            {"Retry-After": "1"},
+        )
+    return json_response({"status": "ready", "models": len(gw.registry.models)})
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -247,11 +241,19 @@ async def metrics(request: web.Request) -> web.Response:
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
-_OPENAPI = json.dumps(openapi_document()).encode()
-
-
 async def openapi(request: web.Request) -> web.Response:
-    return web.Response(body=_OPENAPI, content_type="application/json")
+    return web.Response(body=request.app[DOCUMENT], content_type="application/json")
+
+
+HANDLERS: dict[str, Handler] = {
+    "tei_info": tei_info,
+    "models": list_models,
+    "openai_models": list_models_openai,
+    "healthz": healthz,
+    "readyz": readyz,
+    "metrics": metrics,
+    "openapi": openapi,
+}
 
 
 async def _run_discovery(gw: Gateway) -> None:
@@ -289,21 +291,22 @@ def create_app(config: GatewayConfig, backend: ClusterBackend) -> web.Applicatio
     registry = Registry()
     metrics_ = Metrics()
     router = Router(config, registry, backend, metrics_)
-    middlewares: list[Any] = [error_middleware]
+    middlewares: list[Any] = [errors_middleware(log, config.max_body_bytes)]
     if config.api_keys:
         middlewares.append(auth_middleware(config.api_keys))
     app = web.Application(middlewares=middlewares, client_max_size=config.max_body_bytes)
     app[GATEWAY] = Gateway(config, backend, registry, metrics_, router)
+    routes = gateway_routes()
+    app[DOCUMENT] = codec.dumps(
+        api_doc.document(
+            routes, title="akidb-embed gateway", gateway=True, secured=bool(config.api_keys)
+        )
+    )
     app.cleanup_ctx.append(_lifecycle)
     app.on_response_prepare.append(_close_when_draining)
-    app.router.add_post("/api/v1/embed", embed_native)
-    app.router.add_get("/api/v1/models", list_models)
-    app.router.add_post("/v1/embeddings", embed_openai)
-    app.router.add_get("/v1/models", list_models_openai)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/openapi.json", openapi)
+    for route in routes:
+        handler = model_call(route) if route.forwards else HANDLERS[route.name]
+        app.router.add_route(route.method, route.path, handler)
     return app
 
 

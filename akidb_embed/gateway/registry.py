@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from akidb_embed import catalog
+from akidb_embed.api.names import catalog_entry, model_aliases
 from akidb_embed.k8s import (
     LABEL_MODEL,
     MODEL_SERVER_PORT,
@@ -37,6 +37,8 @@ class ModelState:
     pinned: bool = False
     source: str | None = None
     aliases: list[str] = field(default_factory=list)
+    alias_kinds: dict[str, str] = field(default_factory=dict)  # lower-case alias -> kind
+    task: str = "embed"
     status: dict[str, Any] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
     created: float | None = None
@@ -85,17 +87,9 @@ def model_from_object(obj: dict[str, Any]) -> ModelState:
             if cond.get("status") != "True" and cond.get("message"):
                 message = cond["message"]
                 break
-    aliases: list[str] = []
-    entry = None
-    for key in (name, source):
-        if key:
-            entry = catalog.find_by_repo(key)
-            if entry is not None:
-                break
-    if entry is not None:
-        aliases = [entry.name, entry.repo_id, *entry.aliases]
-    if source and "/" in source and not source.startswith("/"):
-        aliases.append(source)
+    aliases = model_aliases(name, source)[1:]
+    entry = catalog_entry(name, source)
+    task = spec.get("task") or (entry.family.task if entry is not None else "embed")
     dims = spec.get("matryoshkaDimensions") or []
     return ModelState(
         name=name,
@@ -106,7 +100,9 @@ def model_from_object(obj: dict[str, Any]) -> ModelState:
         matryoshka_dimensions=[int(d) for d in dims if isinstance(d, int)],
         pinned=bool(spec.get("pinned", False)),
         source=source,
-        aliases=sorted({a for a in aliases if a.lower() != name.lower()}),
+        aliases=sorted(a.name for a in aliases),
+        alias_kinds={a.name.lower(): a.kind for a in aliases},
+        task=task,
         status=status,
         spec=spec,
         created=parse_time(meta.get("creationTimestamp")),

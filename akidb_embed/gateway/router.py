@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -25,9 +24,9 @@ from typing import Any
 
 import aiohttp
 
+from akidb_embed.api.errors import ApiError, Code
 from akidb_embed.gateway.config import GatewayConfig
 from akidb_embed.gateway.discovery import ClusterBackend
-from akidb_embed.gateway.errors import GatewayError
 from akidb_embed.gateway.metrics import Metrics
 from akidb_embed.gateway.registry import FAILED, ModelState, PodState, Registry
 from akidb_embed.k8s import to_rfc3339
@@ -53,7 +52,7 @@ class UpstreamReply:
 class _Retryable(Exception):
     """The pod failed in a way that another pod (or a fresh one) may not."""
 
-    def __init__(self, error: GatewayError | None = None, reply: UpstreamReply | None = None):
+    def __init__(self, error: ApiError | None = None, reply: UpstreamReply | None = None):
         super().__init__(error.message if error else "upstream unavailable")
         self.error = error
         self.reply = reply
@@ -75,14 +74,13 @@ class _ColdStart:
     task: asyncio.Task[None] | None = None
 
 
-def model_failed_error(state: ModelState) -> GatewayError:
+def model_failed_error(state: ModelState) -> ApiError:
     detail = state.message or "no message given"
     reason = f" ({state.reason})" if state.reason else ""
-    return GatewayError(
-        503,
-        "model_failed",
+    return ApiError(
+        Code.MODEL_FAILED,
         f"model {state.name!r} is in phase Failed{reason}: {detail}",
-        extra={"model": state.name, "phase": state.phase, "reason": state.reason},
+        details={"model": state.name, "phase": state.phase, "reason": state.reason},
     )
 
 
@@ -139,9 +137,8 @@ class Router:
     def resolve(self, name: str | None) -> str:
         """EmbeddingModel name for a requested model name (default when None)."""
         if not self.registry.synced:
-            raise GatewayError(
-                503,
-                "not_ready",
+            raise ApiError(
+                Code.NOT_READY,
                 "the gateway has not synced its model list yet; retry shortly",
                 headers={"Retry-After": "1"},
             )
@@ -149,11 +146,10 @@ class Router:
         resolved = self.registry.resolve(wanted)
         if resolved is None:
             known = self.registry.known_models()
-            raise GatewayError(
-                404,
-                "model_not_found",
+            raise ApiError(
+                Code.MODEL_NOT_FOUND,
                 f"unknown model {wanted!r}; known models: {', '.join(known) or '(none)'}",
-                extra={"known_models": known},
+                details={"known_models": known},
             )
         return resolved
 
@@ -166,10 +162,9 @@ class Router:
 
     # -- the call -----------------------------------------------------------------------
 
-    async def call(self, model: str, path: str, payload: dict[str, Any]) -> UpstreamReply:
-        """Forward one (idempotent) embedding call for `model`, holding it while cold."""
+    async def call(self, model: str, path: str, body: bytes) -> UpstreamReply:
+        """Forward one (idempotent) model call (a JSON body) for `model`, holding it while cold."""
         loop = asyncio.get_running_loop()
-        body = json.dumps(payload).encode()
         deadline = loop.time() + self.config.cold_start_timeout
         pod, waited = await self._acquire(model, deadline)
         try:
@@ -200,7 +195,7 @@ class Router:
             return pod, None
         state = self.registry.models.get(model)
         if state is None:
-            raise GatewayError(404, "model_not_found", f"model {model!r} no longer exists")
+            raise ApiError(Code.MODEL_NOT_FOUND, f"model {model!r} no longer exists")
         if state.phase == FAILED:
             raise model_failed_error(state)
         loop = asyncio.get_running_loop()
@@ -212,9 +207,8 @@ class Router:
             self._cold[model] = cold
             cold.task = asyncio.create_task(self._run_cold(cold), name=f"cold-start-{model}")
         if cold.waiters >= self.config.max_waiting_per_model:
-            raise GatewayError(
-                503,
-                "overloaded",
+            raise ApiError(
+                Code.OVERLOADED,
                 f"too many requests are waiting for model {model!r} to start "
                 f"(limit {self.config.max_waiting_per_model}); retry later",
                 headers={"Retry-After": str(self.config.retry_after_seconds)},
@@ -228,9 +222,8 @@ class Router:
                 asyncio.shield(cold.future), timeout=max(0.0, deadline - started)
             )
         except TimeoutError:
-            raise GatewayError(
-                504,
-                "cold_start_timeout",
+            raise ApiError(
+                Code.COLD_START_TIMEOUT,
                 f"model {model!r} did not become ready within "
                 f"{self.config.cold_start_timeout:g}s (phase {self._phase(model)})",
             ) from None
@@ -265,7 +258,7 @@ class Router:
                     break
                 state = registry.models.get(model)
                 if state is None:
-                    raise GatewayError(404, "model_not_found", f"model {model!r} was deleted")
+                    raise ApiError(Code.MODEL_NOT_FOUND, f"model {model!r} was deleted")
                 if state.phase == FAILED:
                     raise model_failed_error(state)
                 candidates = registry.probe_candidates(model)
@@ -293,14 +286,14 @@ class Router:
         except asyncio.CancelledError:
             cold.future.cancel()
             raise
-        except GatewayError as exc:
+        except ApiError as exc:
             if not cold.future.done():
                 cold.future.set_exception(exc)
         except Exception as exc:  # a bug; still answer the waiters
             log.exception("cold start of %s failed", model)
             if not cold.future.done():
                 cold.future.set_exception(
-                    GatewayError(502, "upstream_error", f"cold start of {model!r} failed: {exc!r}")
+                    ApiError(Code.UPSTREAM_ERROR, f"cold start of {model!r} failed: {exc!r}")
                 )
         finally:
             if self._cold.get(model) is cold:
@@ -340,9 +333,8 @@ class Router:
             raise _Retryable(_unavailable(model, pod, exc)) from exc
         except TimeoutError as exc:
             self.metrics.upstream_errors.labels(model, "timeout").inc()
-            raise GatewayError(
-                504,
-                "upstream_timeout",
+            raise ApiError(
+                Code.UPSTREAM_TIMEOUT,
                 f"pod {pod.name} of model {model!r} did not answer within "
                 f"{self.config.upstream_timeout:g}s",
             ) from exc
@@ -404,9 +396,8 @@ class Router:
                 log.exception("recency flush failed")
 
 
-def _unavailable(model: str, pod: PodState, exc: BaseException) -> GatewayError:
-    return GatewayError(
-        502,
-        "upstream_unavailable",
+def _unavailable(model: str, pod: PodState, exc: BaseException) -> ApiError:
+    return ApiError(
+        Code.UPSTREAM_UNAVAILABLE,
         f"pod {pod.name} of model {model!r} failed: {type(exc).__name__}: {exc}",
     )

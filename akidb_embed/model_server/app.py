@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import orjson
 from aiohttp import web
 from prometheus_client import (
     CollectorRegistry,
@@ -32,15 +31,13 @@ from prometheus_client import (
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from akidb_embed import __version__
-from akidb_embed.model_server.api import (
-    ApiError,
-    EmbedRequest,
-    Limits,
-    encode_base64,
-    parse_json,
-    parse_native,
-    parse_openai,
-)
+from akidb_embed.api import encoding, openapi, responses
+from akidb_embed.api import types as t
+from akidb_embed.api.errors import ApiError, Code
+from akidb_embed.api.http import errors_middleware, json_response, read
+from akidb_embed.api.limits import ModelLimits
+from akidb_embed.api.names import model_aliases
+from akidb_embed.api.routes import Route, server_routes
 from akidb_embed.model_server.batcher import (
     Batcher,
     BatcherClosedError,
@@ -53,7 +50,6 @@ from akidb_embed.model_server.selfbench import Performance, SelfBenchmark
 
 log = logging.getLogger("akidb_embed.model_server")
 
-EMBED_ENDPOINTS = frozenset({"/embed", "/v1/embeddings"})
 # Texts with fewer characters than this are tokenized on the event loop; larger
 # requests go to a tokenizer thread so one big request does not stall the others.
 INLINE_TOKENIZE_CHARS = 8192
@@ -160,8 +156,31 @@ class Metrics:
 
 @dataclass
 class EmbedResult:
-    embeddings: npt.NDArray[np.float32]
+    embeddings: npt.NDArray[np.float32]  # float, after truncation and normalization
     prompt_tokens: int
+    vectors: Any  # in the requested output type
+
+
+@dataclass
+class RerankResult:
+    scores: npt.NDArray[np.float32]  # per document, in request order
+    tokens: int
+
+
+def model_limits(engine: Engine, max_inputs: int) -> ModelLimits:
+    m = engine.manifest
+    names = [a.name for a in model_aliases(engine.name, m.source, m.catalog_id or None)]
+    if m.name.lower() not in {n.lower() for n in names}:
+        names.append(m.name)
+    encodings = [e for e in t.ENCODING_FORMATS if e not in t.CALIBRATED_ENCODINGS or m.quantization]
+    return ModelLimits(
+        names=names,
+        task=m.task,
+        dimensions=m.allowed_dimensions(),
+        vocab_size=engine.vocab_size,
+        max_inputs=max_inputs,
+        encodings=encodings,
+    )
 
 
 class ModelServer:
@@ -186,7 +205,7 @@ class ModelServer:
         self._idle = asyncio.Event()
         self._idle.set()
         self._tokenize_pool: ThreadPoolExecutor | None = None
-        self._limits: Limits | None = None
+        self._limits: ModelLimits | None = None
         self.started = time.time()
         self.loaded = asyncio.Event()
         # Self-measurement: "off" | "pending" (waiting to start) | "running" | "done" |
@@ -339,65 +358,87 @@ class ModelServer:
 
     # -- work ----------------------------------------------------------------------
 
-    def limits(self) -> Limits:
+    def limits(self) -> ModelLimits:
         engine = self._require_engine()
         if self._limits is None:  # fixed once the engine is loaded
-            self._limits = self._make_limits(engine)
+            self._limits = model_limits(engine, self.settings.max_texts_per_request)
         return self._limits
-
-    def _make_limits(self, engine: Engine) -> Limits:
-        names = [engine.name]
-        for alias in (engine.manifest.name, engine.manifest.source):
-            if alias and alias not in names:
-                names.append(alias)
-        return Limits(
-            max_texts_per_request=self.settings.max_texts_per_request,
-            dimensions=engine.manifest.allowed_dimensions(),
-            model_names=names,
-        )
 
     def _require_engine(self) -> Engine:
         if self.state == "draining":
-            raise self._unavailable("server is shutting down; retry on another replica")
+            raise self._unavailable(
+                Code.DRAINING, "server is shutting down; retry on another replica"
+            )
         if self.state == "failed":
-            raise ApiError(503, "unavailable", f"model failed to load: {self.failure}")
+            raise ApiError(Code.LOADING, f"model failed to load: {self.failure}")
         if self.engine is None or self.state != "ready":
-            raise self._unavailable("model is loading; retry shortly")
+            raise self._unavailable(Code.LOADING, "model is loading; retry shortly")
         return self.engine
 
-    def _unavailable(self, message: str, type_: str = "unavailable") -> ApiError:
-        return ApiError(
-            503, type_, message, headers={"Retry-After": str(self.settings.retry_after_s)}
-        )
+    def _unavailable(self, code: Code, message: str) -> ApiError:
+        return ApiError(code, message, headers={"Retry-After": str(self.settings.retry_after_s)})
 
-    async def embed(self, req: EmbedRequest) -> EmbedResult:
-        engine = self._require_engine()
+    async def _run(
+        self, tokenize: Callable[[], list[npt.NDArray[np.int64]]], chars: int
+    ) -> tuple[npt.NDArray[np.float32], int]:
+        """Tokenize (on a thread when large), run through the batcher: (rows, tokens)."""
         assert self.batcher is not None
         self._in_flight += 1
         self._idle.clear()
         try:
-            if sum(map(len, req.texts)) <= INLINE_TOKENIZE_CHARS:
-                seqs = engine.tokenize(req.texts, req.input_type, req.truncate)
+            if chars <= INLINE_TOKENIZE_CHARS:
+                seqs = tokenize()
             else:
                 loop = asyncio.get_running_loop()
-                seqs = await loop.run_in_executor(
-                    self._tokenize_pool, engine.tokenize, req.texts, req.input_type, req.truncate
-                )
+                seqs = await loop.run_in_executor(self._tokenize_pool, tokenize)
             try:
-                pooled = await self.batcher.submit(seqs)
+                rows = await self.batcher.submit(seqs)
             except QueueFullError as exc:
-                raise self._unavailable(str(exc), "overloaded") from exc
+                raise self._unavailable(Code.OVERLOADED, str(exc)) from exc
             except BatcherClosedError as exc:
-                raise self._unavailable(str(exc)) from exc
+                raise self._unavailable(Code.DRAINING, str(exc)) from exc
         except TextTooLongError as exc:
-            raise ApiError(400, "invalid_request_error", str(exc), "text_too_long") from exc
+            raise ApiError(Code.TEXT_TOO_LONG, str(exc)) from exc
         finally:
             self._in_flight -= 1
             if self._in_flight == 0:
                 self._idle.set()
-        normalize = engine.manifest.normalize if req.normalize is None else req.normalize
-        out = truncate_dims(pooled, req.dimensions, normalize)
-        return EmbedResult(out, int(sum(len(s) for s in seqs)))
+        return rows, int(sum(len(s) for s in seqs))
+
+    async def embed(self, call: t.EmbedCall) -> EmbedResult:
+        engine = self._require_engine()
+        self.limits().check_embed(call)
+        if call.texts is not None:
+            texts = call.texts
+            pooled, tokens = await self._run(
+                lambda: engine.tokenize(texts, call.input_type, call.truncate),
+                sum(map(len, texts)),
+            )
+        else:
+            ids = call.token_ids or []
+            pooled, tokens = await self._run(
+                lambda: engine.token_ids(ids, call.truncate), sum(map(len, ids))
+            )
+        normalize = engine.manifest.normalize if call.normalize is None else call.normalize
+        out = truncate_dims(pooled, call.dimensions, normalize)
+        vectors = encoding.encode(
+            out, call.encoding, engine.quantization_ranges(out.shape[1], normalize)
+        )
+        return EmbedResult(out, tokens, vectors)
+
+    async def rerank(self, call: t.RerankCall) -> RerankResult:
+        engine = self._require_engine()
+        self.limits().check_rerank(call)
+        logits, tokens = await self._run(
+            lambda: engine.tokenize_pairs(call.query, call.documents, call.truncate),
+            len(call.query) * len(call.documents) + sum(map(len, call.documents)),
+        )
+        scores = logits[:, 0] if call.raw_scores else 1.0 / (1.0 + np.exp(-logits[:, 0]))
+        return RerankResult(np.asarray(scores, dtype=np.float32), tokens)
+
+    def tokenize(self, call: t.TokenizeCall) -> list[list[dict[str, Any]]]:
+        engine = self._require_engine()
+        return engine.tokens(call.texts, call.input_type, call.add_special_tokens)
 
     def info(self) -> dict[str, Any]:
         import onnxruntime
@@ -448,111 +489,83 @@ def _aiohttp_version() -> str:
 SERVER_KEY = web.AppKey("model_server", ModelServer)
 
 
-def _json(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
-    # orjson writes numpy float32 arrays directly: ~30x faster than json.dumps(tolist()),
-    # which was the largest per-request cost once inference runs on a GPU.
-    return web.Response(
-        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
-        status=status,
-        headers=headers,
-        content_type="application/json",
-    )
-
-
-def _error(exc: ApiError) -> web.Response:
-    return _json(exc.body(), exc.status, exc.headers)
-
-
-_HTTP_ERROR_TYPES = {
-    404: "not_found_error",
-    405: "method_not_allowed",
-    413: "payload_too_large",
-}
-
-
 @web.middleware
-async def _middleware(request: web.Request, handler: Any) -> web.StreamResponse:
+async def _metrics_middleware(request: web.Request, handler: Any) -> web.StreamResponse:
     server = request.app[SERVER_KEY]
     resource = request.match_info.route.resource
-    endpoint = resource.canonical if resource is not None else "unmatched"
     t0 = time.perf_counter()
-    try:
-        response = await handler(request)
-    except ApiError as exc:
-        response = _error(exc)
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        message = exc.text or exc.reason
-        if exc.status == 413:
-            message = (
-                f"request body is larger than the limit of {server.settings.max_body_bytes} bytes"
-            )
-        elif exc.status == 404:
-            message = f"no endpoint {request.method} {request.path}"
-        elif exc.status == 405:
-            message = f"method {request.method} is not allowed on {request.path}"
-        response = _json(
-            {
-                "error": {
-                    "type": _HTTP_ERROR_TYPES.get(exc.status, "http_error"),
-                    "message": message,
-                }
-            },
-            exc.status,
+    response = await handler(request)
+    if resource is not None:
+        server.metrics.observe_request(
+            resource.canonical, response.status, time.perf_counter() - t0
         )
-    except Exception:
-        log.exception("unhandled error on %s %s", request.method, request.path)
-        response = _json(
-            {"error": {"type": "internal_error", "message": "internal server error"}}, 500
-        )
-    if endpoint != "unmatched":
-        server.metrics.observe_request(endpoint, response.status, time.perf_counter() - t0)
     return response
-
-
-async def _read_json(request: web.Request) -> dict[str, Any]:
-    return parse_json(await request.read())
 
 
 async def handle_embed(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    data = await _read_json(request)
-    req = parse_native(data, server.limits())
-    result = await server.embed(req)
-    engine = server.engine
-    assert engine is not None
-    return _json(
-        {
-            "model": engine.name,
-            "dimension": int(result.embeddings.shape[1]),
-            "embeddings": np.ascontiguousarray(result.embeddings),
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
+    req = await read(request, t.EmbedRequest)
+    server.limits().check_model(req.model)
+    result = await server.embed(req.call())
+    return json_response(
+        responses.embed(
+            server.limits().name,
+            int(result.embeddings.shape[1]),
+            req.encoding_format,
+            result.vectors,
+            result.prompt_tokens,
+        )
     )
 
 
 async def handle_openai(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
-    data = await _read_json(request)
-    req = parse_openai(data, server.limits())
-    result = await server.embed(req)
-    engine = server.engine
-    assert engine is not None
-    if req.encoding_format == "base64":
-        vectors: list[Any] = [encode_base64(v) for v in result.embeddings]
-    else:
-        vectors = list(np.ascontiguousarray(result.embeddings))
-    return _json(
-        {
-            "object": "list",
-            "data": [
-                {"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)
-            ],
-            "model": engine.name,
-            "usage": {"prompt_tokens": result.prompt_tokens, "total_tokens": result.prompt_tokens},
-        }
+    req = await read(request, t.OpenAIEmbeddingRequest)
+    server.limits().check_model(req.model)
+    result = await server.embed(req.call())
+    return json_response(
+        responses.openai_embeddings(server.limits().name, result.vectors, result.prompt_tokens)
     )
+
+
+async def handle_tei_embed(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    req = await read(request, t.TeiEmbedRequest)
+    server.limits().check_model(req.model)
+    return json_response((await server.embed(req.call())).vectors)
+
+
+async def handle_rerank(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    req = await read(request, t.RerankRequest)
+    server.limits().check_model(req.model)
+    call = req.call()
+    result = await server.rerank(call)
+    return json_response(
+        responses.rerank(
+            server.limits().name,
+            result.scores,
+            call.documents,
+            call.top_n,
+            req.return_documents,
+            result.tokens,
+        )
+    )
+
+
+async def handle_tei_rerank(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    req = await read(request, t.TeiRerankRequest)
+    server.limits().check_model(req.model)
+    result = await server.rerank(req.call())
+    return json_response(responses.tei_rerank(result.scores, req.texts, req.return_text))
+
+
+async def handle_tokenize(request: web.Request) -> web.Response:
+    server = request.app[SERVER_KEY]
+    req = await read(request, t.TokenizeRequest)
+    server.limits().check_model(req.model)
+    return json_response(server.tokenize(req.call()))
 
 
 async def handle_models(request: web.Request) -> web.Response:
@@ -566,27 +579,28 @@ async def handle_models(request: web.Request) -> web.Response:
                 "object": "model",
                 "created": int(server.started),
                 "owned_by": "akidb-embed",
+                "task": engine.task,
                 "dimension": engine.dimension,
                 "dimensions": engine.manifest.allowed_dimensions(),
                 "max_length": engine.max_length,
                 "ready": server.state == "ready",
             }
         )
-    return _json({"object": "list", "data": models})
+    return json_response(responses.models_list(models))
 
 
 async def handle_healthz(request: web.Request) -> web.Response:
-    return _json({"status": "ok"})
+    return json_response({"status": "ok"})
 
 
 async def handle_readyz(request: web.Request) -> web.Response:
     server = request.app[SERVER_KEY]
     if server.state == "ready":
-        return _json({"status": "ready"})
+        return json_response({"status": "ready"})
     body: dict[str, Any] = {"status": server.state}
     if server.failure:
         body["message"] = server.failure
-    return _json(body, 503, {"Retry-After": str(server.settings.retry_after_s)})
+    return json_response(body, 503, {"Retry-After": str(server.settings.retry_after_s)})
 
 
 async def handle_metrics(request: web.Request) -> web.Response:
@@ -601,7 +615,39 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 
 async def handle_info(request: web.Request) -> web.Response:
-    return _json(request.app[SERVER_KEY].info())
+    return json_response(request.app[SERVER_KEY].info())
+
+
+async def handle_openapi(request: web.Request) -> web.Response:
+    """This server's document: its task's routes, narrowed to its model's limits."""
+    server = request.app[SERVER_KEY]
+    limits = server.limits() if server.state == "ready" else None
+    routes = server_routes(limits.task if limits else None)
+    return json_response(
+        openapi.document(routes, title="akidb-embed model server", gateway=False, limits=limits)
+    )
+
+
+HANDLERS: dict[str, Any] = {
+    "embed": handle_embed,
+    "openai_embeddings": handle_openai,
+    "tei_embed": handle_tei_embed,
+    "rerank": handle_rerank,
+    "tei_rerank": handle_tei_rerank,
+    "tokenize": handle_tokenize,
+    "openai_models": handle_models,
+    "server_info": handle_info,
+    "healthz": handle_healthz,
+    "readyz": handle_readyz,
+    "metrics": handle_metrics,
+    "openapi": handle_openapi,
+}
+
+
+def _add_routes(app: web.Application, routes: list[Route]) -> None:
+    for route in routes:
+        assert route.server_path is not None
+        app.router.add_route(route.method, route.server_path, HANDLERS[route.name])
 
 
 def create_app(server: ModelServer, load_on_startup: bool = True) -> web.Application:
@@ -610,15 +656,14 @@ def create_app(server: ModelServer, load_on_startup: bool = True) -> web.Applica
     With ``load_on_startup`` the app loads (or, given an engine, warms) the model in
     the background when it starts; ``/readyz`` answers 503 until that is done.
     """
-    app = web.Application(client_max_size=server.settings.max_body_bytes, middlewares=[_middleware])
+    limit = server.settings.max_body_bytes
+    app = web.Application(
+        client_max_size=limit,
+        middlewares=[_metrics_middleware, errors_middleware(log, limit)],
+    )
     app[SERVER_KEY] = server
-    app.router.add_post("/embed", handle_embed)
-    app.router.add_post("/v1/embeddings", handle_openai)
-    app.router.add_get("/v1/models", handle_models)
-    app.router.add_get("/healthz", handle_healthz)
-    app.router.add_get("/readyz", handle_readyz)
-    app.router.add_get("/metrics", handle_metrics)
-    app.router.add_get("/info", handle_info)
+    # Every route of every task: a call of the other task gets a clear `wrong_task`.
+    _add_routes(app, server_routes(None))
 
     async def on_startup(app: web.Application) -> None:
         if load_on_startup:

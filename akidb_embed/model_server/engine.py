@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from akidb_embed.api.encoding import Ranges
 from akidb_embed.artifact import (
     MODEL_FILE,
     TOKENIZER_FILE,
@@ -126,7 +127,8 @@ class Engine:
         self.artifact_dir = Path(artifact_dir)
         self.manifest = ArtifactManifest.load(self.artifact_dir)
         m = self.manifest
-        if m.pooling not in POOLING_MODES:
+        self.task = m.task
+        if m.task == "embed" and m.pooling not in POOLING_MODES:
             raise ArtifactError(
                 f"manifest pooling {m.pooling!r} is not one of {', '.join(POOLING_MODES)}"
             )
@@ -142,6 +144,7 @@ class Engine:
         self.left_pad = m.padding_side == "left"
         self._load_tokenizers()
         self._load_session(parse_providers(providers), threads, max_batch_size, spin)
+        self._ranges: dict[tuple[str, int], Ranges | None] = {}
         self.load_seconds = time.perf_counter() - t0
         self.warmup_seconds = 0.0
         self.warmed = False
@@ -162,6 +165,20 @@ class Engine:
         self._tok.enable_truncation(self.max_length)
         self._tok_full.no_truncation()
         self.pad_id = self._find_pad_id()
+        self.vocab_size = int(self._tok_full.get_vocab_size(with_added_tokens=True))
+        self.segment_sep = self._segment_separator()
+
+    def _segment_separator(self) -> int | None:
+        """The token after which a pair's second segment starts (token type 1), if any.
+
+        BERT-style cross-encoders mark the document with token type 1 from the token
+        after the first [SEP]; RoBERTa-style ones use type 0 throughout (None).
+        """
+        enc = self._tok_full.encode("a", "b")
+        types = list(enc.type_ids)
+        if 1 not in types:
+            return None
+        return int(enc.ids[types.index(1) - 1])
 
     def _find_pad_id(self) -> int:
         padding = self._tok_full.padding
@@ -275,11 +292,57 @@ class Engine:
         texts = [prefix + t for t in texts] if prefix else list(texts)
         tok = self._tok if truncate else self._tok_full
         encs = tok.encode_batch(texts) if len(texts) > 1 else [tok.encode(texts[0])]
-        out = [np.asarray(e.ids, dtype=np.int64) for e in encs]
-        if not truncate:
-            for i, ids in enumerate(out):
-                if len(ids) > self.max_length:
-                    raise TextTooLongError(i, len(ids), self.max_length)
+        return self._checked([np.asarray(e.ids, dtype=np.int64) for e in encs], truncate)
+
+    def _checked(
+        self, seqs: list[npt.NDArray[np.int64]], truncate: bool
+    ) -> list[npt.NDArray[np.int64]]:
+        if truncate:
+            return [s[: self.max_length] for s in seqs]
+        for i, ids in enumerate(seqs):
+            if len(ids) > self.max_length:
+                raise TextTooLongError(i, len(ids), self.max_length)
+        return seqs
+
+    def token_ids(
+        self, ids: Sequence[Sequence[int]], truncate: bool = True
+    ) -> list[npt.NDArray[np.int64]]:
+        """Token-id input in the model's vocabulary, taken as it is (special tokens too)."""
+        return self._checked([np.asarray(s, dtype=np.int64) for s in ids], truncate)
+
+    def tokenize_pairs(
+        self, query: str, documents: Sequence[str], truncate: bool = True
+    ) -> list[npt.NDArray[np.int64]]:
+        """Token ids of (query, document) pairs, as a cross-encoder reads them."""
+        tok = self._tok if truncate else self._tok_full
+        encs = tok.encode_batch([(query, d) for d in documents])
+        return self._checked([np.asarray(e.ids, dtype=np.int64) for e in encs], truncate)
+
+    def tokens(
+        self, texts: Sequence[str], input_type: str | None, add_special_tokens: bool
+    ) -> list[list[dict[str, Any]]]:
+        """TEI's /tokenize: per text, each token's id, text, special flag, offsets."""
+        prefix = self.prefix(input_type)
+        encs = self._tok.encode_batch(
+            [prefix + t for t in texts], add_special_tokens=add_special_tokens
+        )
+        out = []
+        for text, enc in zip(texts, encs, strict=True):
+            full = prefix + text
+            row = []
+            for tid, special, (start, stop) in zip(
+                enc.ids, enc.special_tokens_mask, enc.offsets, strict=True
+            ):
+                row.append(
+                    {
+                        "id": int(tid),
+                        "text": self._tok.id_to_token(tid) if special else full[start:stop],
+                        "special": bool(special),
+                        "start": None if special else int(start),
+                        "stop": None if special else int(stop),
+                    }
+                )
+            out.append(row)
         return out
 
     # -- inference -----------------------------------------------------------------
@@ -302,14 +365,25 @@ class Engine:
                 mask[i, :k] = 1
         return Batch(ids, mask)
 
+    def _token_types(self, batch: Batch) -> npt.NDArray[np.int64]:
+        if self.task != "rerank" or self.segment_sep is None:
+            return np.zeros_like(batch.input_ids)
+        # Type 1 from the token after the first separator on (padding masked out).
+        sep = (batch.input_ids == self.segment_sep) & (batch.attention_mask == 1)
+        after_first = (np.cumsum(sep, axis=1) - sep) >= 1
+        return (after_first & (batch.attention_mask == 1)).astype(np.int64)
+
     def run(self, seqs: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.float32]:
-        """Pooled (not normalized) embeddings [len(seqs), dimension] for one ORT run."""
+        """One ORT run: pooled (not normalized) embeddings [len(seqs), dimension], or
+        for a reranker the relevance logits [len(seqs), 1]."""
         batch = self.pad(seqs)
         feed = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
         if "token_type_ids" in self.input_names:
-            feed["token_type_ids"] = np.zeros_like(batch.input_ids)
-        (hidden,) = self.session.run([self.output_name], feed)
-        return pool(hidden, batch.attention_mask, self.manifest.pooling)
+            feed["token_type_ids"] = self._token_types(batch)
+        (out,) = self.session.run([self.output_name], feed)
+        if self.task == "rerank":
+            return np.asarray(out, dtype=np.float32)[:, :1]
+        return pool(out, batch.attention_mask, self.manifest.pooling)
 
     def embed(
         self,
@@ -337,6 +411,14 @@ class Engine:
         self.warmed = True
         return self.warmup_seconds
 
+    def quantization_ranges(self, dimension: int, normalize: bool) -> Ranges | None:
+        """The int8/uint8 ranges calibrated at conversion for this output (None: none)."""
+        key = ("normalized" if normalize else "raw", dimension)
+        if key not in self._ranges:
+            table = self.manifest.quantization.get(key[0], {}).get(str(dimension))
+            self._ranges[key] = None if table is None else np.asarray(table, dtype=np.float32)
+        return self._ranges[key]
+
     @property
     def dimension(self) -> int:
         return int(self.manifest.dimension)
@@ -356,6 +438,9 @@ class Engine:
             "normalize": m.normalize,
             "dimension": m.dimension,
             "dimensions": m.allowed_dimensions(),
+            "task": m.task,
+            "catalog_id": m.catalog_id,
+            "quantization": sorted(m.quantization.get("normalized", {}), key=int),
             "max_length": m.max_length,
             "query_prefix": m.query_prefix,
             "document_prefix": m.document_prefix,
