@@ -96,7 +96,26 @@ QWEN3_EMBEDDING = Family(
     query_prefix=f"Instruct: {QWEN3_DEFAULT_TASK}\nQuery:",
 )
 
-FAMILIES: dict[str, Family] = {f.name: f for f in (SENTENCE_TRANSFORMERS, E5, BGE, QWEN3_EMBEDDING)}
+# Cross-encoders (rerankers): a (query, document) pair in, one relevance logit out
+# (sequence classification with one label). The classification head reads the first
+# token's state, hence "cls"; the score is the logit's sigmoid unless raw scores are
+# asked for (as Text Embeddings Inference and sentence-transformers' CrossEncoder do).
+CROSS_ENCODER = Family("cross-encoder", "bert", "cls", normalize=False, task="rerank")
+XLM_ROBERTA_CROSS_ENCODER = Family(
+    "xlm-roberta-cross-encoder", "xlm-roberta", "cls", normalize=False, task="rerank"
+)
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        SENTENCE_TRANSFORMERS,
+        E5,
+        BGE,
+        QWEN3_EMBEDDING,
+        CROSS_ENCODER,
+        XLM_ROBERTA_CROSS_ENCODER,
+    )
+}
 
 
 def _mrl(*dims: int) -> tuple[int, ...]:
@@ -178,6 +197,30 @@ CATALOG: tuple[CatalogEntry, ...] = (
         memory="20Gi",
         default_precision="fp16",
         aliases=("Qwen/Qwen3-Embedding-8B",),
+    ),
+    CatalogEntry(
+        "ms-marco-minilm-l6-v2",
+        "cross-encoder/ms-marco-MiniLM-L6-v2",
+        CROSS_ENCODER,
+        dimension=384,
+        max_length=512,
+        params="22.7M",
+        license="apache-2.0",
+        memory="512Mi",
+        aliases=("ms-marco-MiniLM-L6-v2", "cross-encoder/ms-marco-MiniLM-L-6-v2"),
+    ),
+    CatalogEntry(
+        "bge-reranker-v2-m3",
+        "BAAI/bge-reranker-v2-m3",
+        XLM_ROBERTA_CROSS_ENCODER,
+        dimension=1024,
+        max_length=8192,
+        params="568M",
+        languages=("multilingual",),
+        license="apache-2.0",
+        memory="3Gi",
+        default_precision="fp16",
+        aliases=(),
     ),
 )
 

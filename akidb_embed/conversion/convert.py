@@ -28,11 +28,13 @@ from akidb_embed.artifact import (
     ArtifactError,
     ArtifactManifest,
     Parity,
+    Quantization,
     artifact_key,
     file_digest,
     verify_files,
 )
 from akidb_embed.catalog import PRECISIONS
+from akidb_embed.conversion.calibration import quantization_ranges
 from akidb_embed.conversion.export import (
     DEFAULT_OPSET,
     INT8_SCHEMES,
@@ -349,6 +351,29 @@ def _convert_into(
     parity_threshold: float | None,
     progress: _Progress,
 ) -> ArtifactManifest:
+    if rules.task == "rerank":
+        from akidb_embed.conversion.rerank import convert_cross_encoder
+
+        with progress.step("loading and copying the tokenizer"):
+            write_tokenizer(resolved.path, partial, rules.padding_side)
+        return convert_cross_encoder(
+            partial, resolved, rules, precision, opset, key, parity_threshold, progress
+        )
+    return _convert_embedding(
+        partial, resolved, rules, precision, opset, key, parity_threshold, progress
+    )
+
+
+def _convert_embedding(
+    partial: Path,
+    resolved: ResolvedSource,
+    rules: ModelRules,
+    precision: str,
+    opset: int,
+    key: str,
+    parity_threshold: float | None,
+    progress: _Progress,
+) -> ArtifactManifest:
     with progress.step("loading and copying the tokenizer"):
         write_tokenizer(resolved.path, partial, rules.padding_side)
     with progress.step(f"loading {resolved.path}"):
@@ -412,7 +437,47 @@ def _convert_into(
             notes["parity"] = f"fp16 parity not checked: ONNX Runtime on CPU cannot run it ({exc})"
             log.warning("%s", notes["parity"])
     del model
+    quantization: Quantization = {}
+    if parity is not None:
+        with progress.step("calibrating the int8/uint8 output ranges"):
+            quantization = quantization_ranges(
+                partial / MODEL_FILE,
+                partial / TOKENIZER_FILE,
+                input_names=input_names,
+                pooling=rules.pooling,
+                max_length=rules.max_length,
+                dimensions=sorted({rules.dimension, *rules.matryoshka_dimensions}),
+            )
+    return build_manifest(
+        partial,
+        resolved,
+        rules,
+        precision=precision,
+        opset=actual_opset,
+        key=key,
+        inputs=input_names,
+        output=OUTPUT_NAME,
+        parity=parity,
+        notes=notes,
+        quantization=quantization,
+    )
 
+
+def build_manifest(
+    partial: Path,
+    resolved: ResolvedSource,
+    rules: ModelRules,
+    *,
+    precision: str,
+    opset: int,
+    key: str,
+    inputs: list[str],
+    output: str,
+    parity: Parity | None,
+    notes: dict[str, str],
+    quantization: Quantization,
+) -> ArtifactManifest:
+    """The manifest of the files in `partial` (digests of every file but the manifest)."""
     files = {
         p.relative_to(partial).as_posix(): file_digest(p)
         for p in sorted(partial.rglob("*"))
@@ -428,13 +493,16 @@ def _convert_into(
         dimension=rules.dimension,
         max_length=rules.max_length,
         precision=precision,
-        opset=actual_opset,
+        opset=opset,
         source=resolved.source,
         revision=resolved.revision,
         key=key,
-        inputs=list(input_names),
-        output=OUTPUT_NAME,
+        inputs=list(inputs),
+        output=output,
         matryoshka_dimensions=list(rules.matryoshka_dimensions),
+        task=rules.task,
+        catalog_id=rules.catalog_name or "",
+        quantization=quantization,
         query_prefix=rules.query_prefix,
         document_prefix=rules.document_prefix,
         files=files,

@@ -59,10 +59,10 @@ def load_model(checkpoint: Path) -> tuple[Any, list[str]]:
     return model, names
 
 
-def _wrapper(model: Any, input_names: list[str]) -> Any:
+def _wrapper(model: Any, input_names: list[str], output_name: str) -> Any:
     import torch
 
-    class LastHiddenState(torch.nn.Module):
+    class OneOutput(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.model = model
@@ -79,9 +79,9 @@ def _wrapper(model: Any, input_names: list[str]) -> Any:
             }
             if "token_type_ids" in input_names and token_type_ids is not None:
                 kwargs["token_type_ids"] = token_type_ids
-            return self.model(**kwargs).last_hidden_state
+            return getattr(self.model(**kwargs), output_name)
 
-    return LastHiddenState().eval()
+    return OneOutput().eval()
 
 
 def save_onnx(model: Any, path: Path) -> list[Path]:
@@ -110,8 +110,12 @@ def export_onnx(
     sample: dict[str, Any],
     out_path: Path,
     opset: int = DEFAULT_OPSET,
+    output_name: str = OUTPUT_NAME,
 ) -> int:
     """Export ``model`` to ``out_path``; returns the opset of the written graph.
+
+    The graph's one output is the model output ``output_name`` (``last_hidden_state``;
+    ``logits`` for a cross-encoder).
 
     ``sample`` holds int64 numpy arrays (a padded batch of two texts of different
     lengths) used to trace; batch and sequence axes are dynamic.
@@ -119,7 +123,7 @@ def export_onnx(
     import onnx
     import torch
 
-    wrapper = _wrapper(model, input_names)
+    wrapper = _wrapper(model, input_names, output_name)
     args = tuple(torch.from_numpy(sample[n]) for n in input_names)
     batch = torch.export.Dim("batch", min=1, max=4096)
     seq = torch.export.Dim("sequence", min=1, max=131072)
@@ -140,7 +144,7 @@ def export_onnx(
                 args,
                 str(raw),
                 input_names=input_names,
-                output_names=[OUTPUT_NAME],
+                output_names=[output_name],
                 opset_version=opset,
                 dynamo=True,
                 dynamic_shapes=dynamic_shapes,
@@ -167,7 +171,7 @@ def export_onnx(
         actual = opset
     inputs = [i.name for i in graph.graph.input]
     outputs = [o.name for o in graph.graph.output]
-    if inputs != input_names or outputs != [OUTPUT_NAME]:
+    if inputs != input_names or outputs != [output_name]:
         raise ExportError(f"unexpected graph signature: inputs {inputs}, outputs {outputs}")
     save_onnx(graph, out_path)
     shutil.rmtree(scratch, ignore_errors=True)

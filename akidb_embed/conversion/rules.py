@@ -44,6 +44,7 @@ class ModelRules:
     document_prefix: str = ""
     matryoshka_dimensions: tuple[int, ...] = field(default=())
     catalog_name: str | None = None
+    task: str = "embed"
 
 
 def _read_json(path: Path) -> dict[str, Any] | list[Any] | None:
@@ -99,7 +100,20 @@ def kubernetes_name(text: str) -> str:
     return name[:63].strip("-") or "model"
 
 
-def _catalog_entry(name: str | None, source: str, is_hub: bool) -> CatalogEntry | None:
+def model_card_title(path: Path) -> str | None:
+    """The first '# Title' of the checkpoint's model card (README.md), if any."""
+    card = path / "README.md"
+    if not card.is_file():
+        return None
+    for line in card.read_text(errors="replace").splitlines():
+        if line.startswith("# "):
+            return line[2:].strip()
+    return None
+
+
+def _catalog_entry(
+    name: str | None, source: str, is_hub: bool, checkpoint: Path, hidden: int
+) -> CatalogEntry | None:
     if name:
         try:
             return lookup(name)
@@ -107,7 +121,19 @@ def _catalog_entry(name: str | None, source: str, is_hub: bool) -> CatalogEntry 
             pass
     if is_hub:
         return find_by_repo(source)
-    return None
+    # A local copy of a catalog model (e.g. a packaged snapshot): recognised by its model
+    # card's title, if the hidden size agrees, so it is served under its catalog names.
+    title = model_card_title(checkpoint)
+    entry = find_by_repo(title) if title else None
+    return entry if entry is not None and entry.dimension == hidden else None
+
+
+def task_of(config: dict[str, Any]) -> str:
+    """rerank for a sequence-classification checkpoint (a cross-encoder), else embed."""
+    architectures = config.get("architectures") or []
+    if any(str(a).endswith("ForSequenceClassification") for a in architectures):
+        return "rerank"
+    return "embed"
 
 
 def resolve_rules(
@@ -132,7 +158,7 @@ def resolve_rules(
     if not isinstance(hidden, int):
         raise RulesError(f"{checkpoint / 'config.json'} has no integer hidden_size")
 
-    entry = _catalog_entry(name, source, is_hub)
+    entry = _catalog_entry(name, source, is_hub, checkpoint, hidden)
     fam: Family | None = None
     if family:
         if family not in FAMILIES:
@@ -152,7 +178,12 @@ def resolve_rules(
         )
     hints = sentence_transformers_hints(checkpoint)
 
-    chosen_pooling = pooling or (fam.pooling if fam else None) or hints.get("pooling")
+    chosen_pooling = (
+        pooling
+        or (fam.pooling if fam else None)
+        or hints.get("pooling")
+        or ("cls" if task_of(config) == "rerank" else None)  # the head reads the first token
+    )
     if chosen_pooling is None:
         raise RulesError(
             f"cannot tell the pooling of {source}: it is not in the catalog, has no "
@@ -215,4 +246,5 @@ def resolve_rules(
         ),
         matryoshka_dimensions=mrl,
         catalog_name=entry.name if entry else None,
+        task=fam.task if fam else task_of(config),
     )

@@ -28,6 +28,7 @@ def embedding_model(entry: CatalogEntry) -> dict[str, Any]:
         "source": {"repo": entry.repo_id, "revision": entry.revision},
         "family": entry.family.name,
         "architecture": entry.family.architecture,
+        "task": entry.family.task,
         "dimension": entry.dimension,
         "maxLength": entry.max_length,
         "pooling": entry.pooling,

@@ -255,6 +255,6 @@ async def test_discovery_and_demand_on_a_real_api_server(
                 return (r.status, await r.json()) if r.status == 503 else None
 
         _status, body = await _wait(failed, 15, "503 for the Failed model")
-        assert body["error"]["type"] == "model_failed"
+        assert body["error"]["code"] == "model_failed"
         assert "ConversionFailed" in body["error"]["message"]
         assert "no such checkpoint" in body["error"]["message"]

@@ -77,12 +77,12 @@ async def test_waiting_cap_is_503_with_retry_after_and_timeout_is_504(
     over = await client.post("/api/v1/embed", json={"texts": ["a"]})
     assert over.status == 503
     assert over.headers["Retry-After"] == "5"
-    assert (await over.json())["error"]["type"] == "overloaded"
+    assert (await over.json())["error"]["code"] == "overloaded"
     assert loop.time() - t0 < 0.8  # refused at once, not held
     for resp in await asyncio.gather(*held):
         assert resp.status == 504
         err = (await resp.json())["error"]
-        assert err["type"] == "cold_start_timeout"
+        assert err["code"] == "cold_start_timeout"
         assert "Standby" in err["message"]
     assert len(backend.demand_patches("minilm")) == 1
     # every waiter left: the cold start was abandoned; a new request marks demand again
@@ -134,7 +134,7 @@ async def test_model_failing_while_waiting_answers_waiters(gateway: GatewayFacto
     for resp in await asyncio.gather(*held):
         assert resp.status == 503
         err = (await resp.json())["error"]
-        assert err["type"] == "model_failed" and "out of memory" in err["message"]
+        assert err["code"] == "model_failed" and "out of memory" in err["message"]
 
 
 async def test_running_pod_is_probed_and_used_before_the_kubelet_says_ready(
@@ -233,7 +233,7 @@ async def test_second_failure_is_a_clear_502_not_a_hang(
     client = await gateway(backend)
     resp = await client.post("/api/v1/embed", json={"texts": ["x"]})
     assert resp.status == 502
-    assert (await resp.json())["error"]["type"] == "upstream_unavailable"
+    assert (await resp.json())["error"]["code"] == "upstream_unavailable"
     assert len(a.calls) + len(b.calls) == 2  # exactly one retry
 
 

@@ -1,4 +1,4 @@
-"""Batch planning and request parsing: pure functions, no model needed."""
+"""Batch planning and provider choice: pure functions, no model needed."""
 
 from __future__ import annotations
 
@@ -7,19 +7,8 @@ import asyncio
 import numpy as np
 import pytest
 
-from akidb_embed.model_server.api import (
-    ApiError,
-    Limits,
-    decode_base64,
-    encode_base64,
-    parse_json,
-    parse_native,
-    parse_openai,
-)
 from akidb_embed.model_server.batcher import Batcher, QueueFullError, _Item, _Job, plan_batches
 from akidb_embed.model_server.engine import choose_providers, parse_providers
-
-LIMITS = Limits(max_texts_per_request=4, dimensions=[128, 384], model_names=["m", "org/m"])
 
 
 def _items(lengths: list[int]) -> list[_Item]:
@@ -71,76 +60,6 @@ async def test_batcher_splits_reassembles_and_bounds_queue() -> None:
         await asyncio.gather(*tasks)
     finally:
         await b.close()
-
-
-def test_parse_json_errors() -> None:
-    for body, needle in [
-        (b"", "empty"),
-        (b"{not json", "not valid JSON"),
-        (b"[1, 2]", "must be a JSON object, got array"),
-        (b"\xff\xfe", "not valid JSON"),
-    ]:
-        with pytest.raises(ApiError, match=needle) as info:
-            parse_json(body)
-        assert info.value.status == 400
-
-
-@pytest.mark.parametrize(
-    ("body", "status", "needle"),
-    [
-        ({}, 400, "'texts' is required"),
-        ({"texts": "hi"}, 400, "must be an array of strings, got string"),
-        ({"texts": []}, 400, "'texts' is empty"),
-        ({"texts": ["a", 3]}, 400, r"'texts\[1\]' must be a string, got integer"),
-        ({"texts": ["a", ""]}, 400, r"'texts\[1\]' is an empty string"),
-        ({"texts": ["a"] * 5}, 400, "5 texts, more than the limit of 4"),
-        ({"texts": ["a"], "normalize": "yes"}, 400, "'normalize' must be a boolean"),
-        ({"texts": ["a"], "truncate": 1}, 400, "'truncate' must be a boolean"),
-        ({"texts": ["a"], "dimensions": 100}, 400, r"allowed: \[128, 384\]"),
-        ({"texts": ["a"], "dimensions": True}, 400, "must be an integer, got boolean"),
-        ({"texts": ["a"], "input_type": "passage"}, 400, "'input_type' must be"),
-        ({"texts": ["a"], "model": "other"}, 404, "serves 'm'"),
-        ({"texts": ["a"], "model": 5}, 400, "'model' must be a string"),
-    ],
-)
-def test_parse_native_rejects(body: dict, status: int, needle: str) -> None:
-    with pytest.raises(ApiError, match=needle) as info:
-        parse_native(body, LIMITS)
-    assert info.value.status == status
-    assert set(info.value.body()["error"]) >= {"type", "message"}
-
-
-def test_parse_native_accepts() -> None:
-    req = parse_native(
-        {"texts": ["a"], "model": "ORG/M", "dimensions": 128, "input_type": "query"}, LIMITS
-    )
-    assert (req.texts, req.dimensions, req.input_type, req.truncate) == (["a"], 128, "query", True)
-
-
-@pytest.mark.parametrize(
-    ("body", "needle"),
-    [
-        ({"input": [1, 2, 3]}, "token ids"),
-        ({"input": [[1, 2], [3]]}, "token ids"),
-        ({"input": "a", "encoding_format": "int8"}, "'encoding_format' must be"),
-        ({"input": None}, "'input' is required"),
-        ({"input": {"a": 1}}, "string or an array of strings, got object"),
-    ],
-)
-def test_parse_openai_rejects(body: dict, needle: str) -> None:
-    with pytest.raises(ApiError, match=needle):
-        parse_openai(body, LIMITS)
-
-
-def test_parse_openai_accepts_string_and_ignores_user() -> None:
-    req = parse_openai({"input": "hi", "user": "u", "encoding_format": "base64"}, LIMITS)
-    assert req.texts == ["hi"] and req.encoding_format == "base64"
-
-
-def test_base64_roundtrip_is_float32_little_endian() -> None:
-    v = np.array([1.0, -2.5, 0.125], dtype=np.float32)
-    assert encode_base64(v) == "AACAPwAAIMAAAAA+"
-    np.testing.assert_array_equal(decode_base64(encode_base64(v)), v)
 
 
 def test_provider_parsing_and_fallback_reason() -> None:

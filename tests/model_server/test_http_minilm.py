@@ -11,7 +11,7 @@ import numpy as np
 import openai
 import pytest
 
-from akidb_embed.model_server.api import decode_base64
+from akidb_embed.api.encoding import from_base64 as decode_base64
 from akidb_embed.model_server.app import ModelServer, ServerSettings, create_app
 from akidb_embed.model_server.engine import Engine
 from akidb_embed.model_server.runner import ServerThread
@@ -163,15 +163,17 @@ async def test_request_larger_than_batch_is_split_in_order(aiohttp_client, engin
     [
         ("/embed", b"{oops", 400, "not valid JSON"),
         ("/embed", b"[]", 400, "must be a JSON object"),
-        ("/embed", b"{}", 400, "'texts' is required"),
-        ("/embed", b'{"texts": "one"}', 400, "must be an array of strings"),
-        ("/embed", b'{"texts": []}', 400, "is empty"),
-        ("/embed", b'{"texts": [""]}', 400, "empty string"),
-        ("/embed", b'{"texts": [null]}', 400, "must be a string, got null"),
+        ("/embed", b"{}", 400, "missing required field `texts`"),
+        ("/embed", b'{"texts": "one"}', 400, "Expected `array`, got `str`"),
+        ("/embed", b'{"texts": []}', 400, "length >= 1"),
+        ("/embed", b'{"texts": [""]}', 400, "length >= 1 - at `$.texts[0]`"),
+        ("/embed", b'{"texts": [null]}', 400, "Expected `str`, got `null`"),
         ("/embed", b'{"texts": ["a"], "dimensions": 128}', 400, "allowed: [384]"),
         ("/embed", b'{"texts": ["a"], "model": "bge-small"}', 404, "serves 'all-minilm-l6-v2'"),
         ("/embed", b'{"texts": ["a"], "input_type": "code"}', 400, "input_type"),
-        ("/v1/embeddings", b'{"input": [[1, 2, 3]]}', 400, "token ids"),
+        ("/v1/embeddings", b'{"input": [[100264, 9906]]}', 400, "check_embedding_ctx_length"),
+        ("/tei/embed", b'{"inputs": ""}', 400, "length >= 1"),
+        ("/v1/rerank", b'{"query": "q", "documents": ["d"]}', 400, "cannot rerank"),
         ("/v1/embeddings", b'{"input": "a", "encoding_format": "f16"}', 400, "encoding_format"),
         ("/v1/embeddings", b'{"input": "a", "model": "text-embedding-3-small"}', 404, "serves"),
     ],
@@ -187,11 +189,14 @@ async def test_bad_input_gets_clear_json_error(client, path, body, status, needl
 async def test_limits_too_many_texts_and_oversized_body(client) -> None:
     resp = await client.post("/embed", json={"texts": ["a"] * 65})
     assert resp.status == 400
-    assert "65 texts, more than the limit of 64" in (await resp.json())["error"]["message"]
+    assert (
+        "65 inputs in one request, more than the limit of 64"
+        in (await resp.json())["error"]["message"]
+    )
     resp = await client.post("/embed", json={"texts": ["a" * 70000]})
     assert resp.status == 413
     err = (await resp.json())["error"]
-    assert err["type"] == "payload_too_large" and "65536 bytes" in err["message"]
+    assert err["code"] == "payload_too_large" and "65536 bytes" in err["message"]
 
 
 async def test_unknown_route_and_method_are_json(client) -> None:
@@ -234,7 +239,7 @@ async def test_queue_full_gives_503_with_retry_after(aiohttp_client, engine) -> 
     assert 503 in statuses and 200 in statuses
     busy = next(r for r in resps if r.status == 503)
     assert busy.headers["Retry-After"] == "1"
-    assert (await busy.json())["error"]["type"] == "overloaded"
+    assert (await busy.json())["error"]["code"] == "overloaded"
 
 
 async def test_draining_refuses_new_work(client) -> None:
@@ -285,5 +290,5 @@ def test_official_openai_client_float_and_base64(engine: Engine) -> None:
             oa.embeddings.create(input="hi", model="all-minilm-l6-v2", dimensions=128)
         with pytest.raises(openai.NotFoundError, match="serves 'all-minilm-l6-v2'"):
             oa.embeddings.create(input="hi", model="other-model")
-        with pytest.raises(openai.BadRequestError, match="empty string"):
+        with pytest.raises(openai.BadRequestError, match="length >= 1"):
             oa.embeddings.create(input=[""], model="all-minilm-l6-v2")
