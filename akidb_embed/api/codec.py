@@ -37,12 +37,33 @@ def _validation_code(message: str) -> Code:
     return Code.INVALID_FIELD
 
 
+def _integral(value: Any) -> Any:
+    """`value` with every float that is a whole number (2.0, 1e3) made an int."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _integral(v) for k, v in value.items()}
+    return value
+
+
+def _typed(kind: type[T], raw: bytes) -> T:
+    try:
+        return _decoder(kind).decode(raw)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        if "got `float`" not in str(exc):
+            raise
+    # 2.0 is an integer in JSON (and JSON Schema): accept it, on this rare slow path only.
+    return msgspec.convert(_integral(_ANY.decode(raw)), kind)
+
+
 def decode(kind: type[T], raw: bytes) -> T:
     """The request body `raw` as a `kind`, or a 400 `ApiError` saying what is wrong."""
     if not raw:
         raise ApiError(Code.EMPTY_BODY, "the request body is empty; send a JSON object")
     try:
-        return _decoder(kind).decode(raw)  # type: ignore[no-any-return]
+        return _typed(kind, raw)
     except msgspec.ValidationError as exc:
         message = str(exc)
         if message.startswith("Expected `object`, got"):

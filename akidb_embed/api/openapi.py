@@ -58,7 +58,7 @@ def _error_responses(gateway: bool, secured: bool, route: Route) -> dict[str, An
     if not secured or route.open:
         codes = [c for c in codes if STATUS[c][0] != 401]
     if route.request is None:  # GET routes: no body, no model, nothing to forward
-        codes = [c for c in codes if STATUS[c][0] in (404, 405, 500)]
+        codes = [c for c in codes if STATUS[c][0] in (401, 404, 405, 500)]
     ref = {"$ref": REF.format(name="ErrorResponse")}
     out = {
         str(status): {

@@ -189,3 +189,13 @@ def test_documents_follow_the_route_table_and_the_limits() -> None:
     assert req["model"]["anyOf"][0] == {"enum": ["m", "org/m"]}
     ids = server["components"]["schemas"]["OpenAIEmbeddingRequest"]["properties"]["input"]
     assert ids["anyOf"][2]["items"]["maximum"] == 999
+
+
+def test_whole_floats_are_integers_as_in_json_schema() -> None:
+    call = codec.decode(
+        t.OpenAIEmbeddingRequest, b'{"input": [[101, 7.0, 1e2]], "dimensions": 8.0}'
+    )
+    assert call.call().token_ids == [[101, 7, 100]] and call.dimensions == 8
+    for bad in (b'{"input": [[1.5]]}', b'{"input": ["1"], "dimensions": "8"}'):
+        with pytest.raises(ApiError, match="invalid request"):
+            codec.decode(t.OpenAIEmbeddingRequest, bad)
