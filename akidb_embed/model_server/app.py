@@ -359,8 +359,9 @@ class ModelServer:
     # -- work ----------------------------------------------------------------------
 
     def limits(self) -> ModelLimits:
-        engine = self._require_engine()
-        if self._limits is None:  # fixed once the engine is loaded
+        """The served model's limits (fixed once loaded; still known while draining)."""
+        if self._limits is None:
+            engine = self._require_engine()
             self._limits = model_limits(engine, self.settings.max_texts_per_request)
         return self._limits
 

@@ -30,8 +30,20 @@ def test_catalog_rules_by_repo_id(minilm_checkpoint: Path):
     assert rules.name == "all-minilm-l6-v2" and rules.family == "sentence-transformers"
 
 
-def test_unknown_model_uses_sentence_transformers_config(minilm_checkpoint: Path):
-    rules = resolve_rules(minilm_checkpoint, "/models/some-minilm", False)
+def test_local_copy_of_a_catalog_model_is_recognised_by_its_model_card(minilm_checkpoint: Path):
+    # The case: `akidb-embed convert <folder named model>` must still be the
+    # catalog's all-minilm-l6-v2, so the server answers to its catalog names.
+    rules = resolve_rules(minilm_checkpoint, str(minilm_checkpoint), False)
+    assert minilm_checkpoint.name == "model"
+    assert rules.name == "all-minilm-l6-v2" and rules.catalog_name == "all-minilm-l6-v2"
+    assert rules.family == "sentence-transformers" and rules.task == "embed"
+
+
+def test_unknown_model_uses_sentence_transformers_config(minilm_checkpoint: Path, tmp_path: Path):
+    local = tmp_path / "some-minilm"
+    shutil.copytree(minilm_checkpoint, local)
+    (local / "README.md").write_text("# My own fine-tune\n")
+    rules = resolve_rules(local, str(local), False)
     assert rules.name == "some-minilm" and rules.catalog_name is None
     assert rules.family == "custom-bert"
     # from 1_Pooling/config.json, modules.json (Normalize) and sentence_bert_config.json

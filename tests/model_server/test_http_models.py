@@ -130,3 +130,25 @@ async def test_int8_minilm_served(aiohttp_client, minilm_int8_artifact, minilm_c
     )
     # int8 is an approximation: close, not identical.
     assert _min_cos(got, ref) >= 0.95
+
+
+async def test_served_without_name_answers_to_its_catalog_names(
+    aiohttp_client, minilm_artifact: Path, tmp_path: Path
+):
+    """`akidb-embed serve DIR` of a folder named "model" (no --name): the OpenAI client's
+    model="all-minilm-l6-v2" (and the repo id) must not be a 404."""
+    import shutil
+
+    local = tmp_path / "model"
+    shutil.copytree(minilm_artifact, local)
+    manifest = ArtifactManifest.load(local)
+    manifest.name, manifest.source = "model", str(tmp_path / "checkpoints" / "model")
+    assert manifest.catalog_id == "all-minilm-l6-v2"  # what the conversion recognised
+    manifest.save(local)
+    client = await serve(aiohttp_client, local)
+    for name in ("all-minilm-l6-v2", "sentence-transformers/all-MiniLM-L6-v2", "MODEL"):
+        resp = await client.post("/v1/embeddings", json={"input": "hi", "model": name})
+        assert resp.status == 200, await resp.text()
+    resp = await client.post("/v1/embeddings", json={"input": "hi", "model": "e5-small-v2"})
+    assert resp.status == 404
+    assert "all-minilm-l6-v2" in (await resp.json())["error"]["known_models"]
