@@ -121,11 +121,3 @@ class ApiError(Exception):
             "error": {"type": self.type, "code": str(self.code), "message": self.message}
             | self.details
         }
-
-
-def invalid(message: str, code: Code = Code.INVALID_FIELD) -> ApiError:
-    return ApiError(code, message)
-
-
-def statuses() -> list[int]:
-    return sorted({status for status, _ in STATUS.values()})
