@@ -87,8 +87,14 @@ def test_llamaindex_openai_like_embedding(stack: dict[str, Any], direct: np.ndar
     np.testing.assert_allclose(emb.get_query_embedding(TEXTS[1]), direct[1], atol=1e-5)
 
 
-def test_huggingface_hub_inference_client_tei(stack: dict[str, Any], direct: np.ndarray) -> None:
-    from huggingface_hub import InferenceClient
+def test_huggingface_hub_inference_client_tei(
+    stack: dict[str, Any], direct: np.ndarray, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from huggingface_hub import InferenceClient, constants
+
+    # Other tests (and offline CI machines) set the hub client offline; its offline mode
+    # refuses every URL, loopback included. This client talks only to the local gateway.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
 
     client = InferenceClient(base_url=stack["url"])  # POST / with TEI's body
     got = client.feature_extraction(TEXTS[0])
