@@ -88,13 +88,20 @@ def test_llamaindex_openai_like_embedding(stack: dict[str, Any], direct: np.ndar
 
 
 def test_huggingface_hub_inference_client_tei(
-    stack: dict[str, Any], direct: np.ndarray, monkeypatch: pytest.MonkeyPatch
+    stack: dict[str, Any],
+    direct: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     from huggingface_hub import InferenceClient, constants
+    from huggingface_hub.utils import reset_sessions
 
     # Other tests (and offline CI machines) set the hub client offline; its offline mode
-    # refuses every URL, loopback included. This client talks only to the local gateway.
+    # refuses every URL, loopback included, and its HTTP sessions are cached with it. This
+    # client talks only to the local gateway; the sessions are reset before and after.
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+    reset_sessions()
+    request.addfinalizer(reset_sessions)
 
     client = InferenceClient(base_url=stack["url"])  # POST / with TEI's body
     got = client.feature_extraction(TEXTS[0])
