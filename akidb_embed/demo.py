@@ -1,8 +1,10 @@
 """`akidb-embed demo`: the whole system on the local cluster, from manifests/.
 
-Brings up the local control plane and the simulated Jetson node, installs the CRD,
-the operator, the gateway and the MiniLM model with kubectl, waits until the model can
-serve, prints how to call it, and keeps running until interrupted; then cleans up.
+Brings up the local cluster, installs the CRD, the operator, the gateway and four
+EmbeddingModels (MiniLM fp32 and int8, two tiny random-weight demo models) with kubectl,
+waits until they are converted, calls each through the gateway so that the fourth evicts
+the least recently used one (capacity 3), prints `kubectl get em` and the Evicted Event,
+prints how to call it, and keeps running until interrupted; then cleans up.
 """
 
 from __future__ import annotations
@@ -23,8 +25,15 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = "all-minilm-l6-v2"
 DEMO_REPO_ID = "sentence-transformers/all-MiniLM-L6-v2"
 LOCAL_OVERLAY = REPO_ROOT / "manifests" / "overlays" / "local"
+# Three more models (MiniLM int8 and two tiny random-weight stand-ins): four models on a
+# node that holds three, so the fourth request evicts the least recently used.
+DEMO_MODELS = REPO_ROOT / "manifests" / "demo" / "models.yaml"
+# Called in this order: each is served once, so the first is the coldest when the last
+# one is wanted.
+EVICTION_WALK = ("all-minilm-l6-v2", "all-minilm-l6-v2-int8", "demo-tiny-bge", "demo-tiny-qwen3")
 GATEWAY_NODE_PORT = 30080
 HF_HOME = Path("/var/lib/akidb/hf-cache")
+SOURCE_ROOT = Path("/var/lib/akidb/sources")
 
 
 def _say(msg: str) -> None:
@@ -67,6 +76,25 @@ def _seed_model_cache() -> None:
     _say(f"seeded the node's Hugging Face cache with {DEMO_REPO_ID} ({snapshot})")
 
 
+def _write_tiny_sources() -> None:
+    """The tiny models' checkpoints under the node's source root (built once, seeded)."""
+    import shutil
+
+    from akidb_embed.tiny_models import build_tiny_bert, build_tiny_qwen3
+
+    for name, build in (("demo-tiny-bge", build_tiny_bert), ("demo-tiny-qwen3", build_tiny_qwen3)):
+        target = SOURCE_ROOT / name
+        if (target / "config.json").is_file():
+            continue
+        partial = target.with_name(f".{name}.partial")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        build(partial)
+        shutil.rmtree(target, ignore_errors=True)
+        partial.rename(target)
+        _say(f"wrote the random-weight checkpoint {target}")
+
+
 def _wait_for(what: str, check, timeout_s: float, interval_s: float = 1.0) -> None:
     deadline = time.monotonic() + timeout_s
     last_report = 0.0
@@ -84,15 +112,33 @@ def _wait_for(what: str, check, timeout_s: float, interval_s: float = 1.0) -> No
         time.sleep(interval_s)
 
 
-def _model_phase(kubectl: Kubectl) -> tuple[bool, str]:
-    proc = kubectl("get", "em", DEMO_MODEL, "-n", k8s.DEFAULT_NAMESPACE, "-o", "json", check=False)
+def _all_converted(kubectl: Kubectl, names: list[str]) -> tuple[bool, str]:
+    """Every model converted for its current spec.
+
+    A status is trusted only once ``status.observedGeneration`` has reached
+    ``metadata.generation``: a Failed phase left by an earlier run (or an earlier spec)
+    must not abort the demo, and an old Standby must not pass for the new spec.
+    """
+    proc = kubectl("get", "em", "-n", k8s.DEFAULT_NAMESPACE, "-o", "json", check=False)
     if proc.returncode != 0:
-        return False, "not created yet"
-    status = json.loads(proc.stdout).get("status", {})
-    phase = status.get("phase", "Pending")
-    if phase == "Failed":
-        raise RuntimeError(f"{DEMO_MODEL} failed: {status.get('message')}")
-    return phase in ("Standby", "Ready", "Activating"), f"phase {phase}"
+        return False, proc.stderr.strip() or "EmbeddingModels not listed yet"
+    found = {em["metadata"]["name"]: em for em in json.loads(proc.stdout)["items"]}
+    pending = []
+    for name in names:
+        em = found.get(name)
+        if em is None:
+            pending.append(f"{name} not created")
+            continue
+        status = em.get("status") or {}
+        current = status.get("observedGeneration") == em["metadata"].get("generation")
+        phase = status.get("phase", "Pending")
+        if not current:
+            pending.append(f"{name} not observed yet")
+        elif phase == "Failed":
+            raise RuntimeError(f"{name} failed: {status.get('message')}")
+        elif phase not in ("Standby", "Ready", "Activating"):
+            pending.append(f"{name} {phase}")
+    return not pending, ", ".join(pending) or "ok"
 
 
 def _deployments_available(kubectl: Kubectl, names: list[str]) -> tuple[bool, str]:
@@ -121,19 +167,44 @@ def _gateway_ready(url: str) -> tuple[bool, str]:
         return False, str(exc)
 
 
-def _first_embedding(url: str, timeout_s: float) -> float:
-    """One request through the gateway (a cold start); returns its duration."""
+def _embed_once(url: str, model: str, timeout_s: float) -> float:
+    """One request through the gateway (a cold start when the model is not loaded)."""
     import urllib.request
 
-    body = json.dumps({"model": DEMO_MODEL, "texts": ["hello from the demo"]}).encode()
+    body = json.dumps({"model": model, "texts": ["hello from the demo"]}).encode()
     req = urllib.request.Request(
         f"{url}/api/v1/embed", data=body, headers={"Content-Type": "application/json"}
     )
     started = time.monotonic()
     with urllib.request.urlopen(req, timeout=timeout_s) as resp:
         payload = json.loads(resp.read())
-    _say(f"first embedding: dimension {payload['dimension']}")
-    return time.monotonic() - started
+    took = time.monotonic() - started
+    _say(f"{model}: dimension {payload['dimension']}, answered in {took:.2f}s")
+    return took
+
+
+def _evicted_events(kubectl: Kubectl) -> list[dict]:
+    items = kubectl.json(
+        "get", "events", "-n", k8s.DEFAULT_NAMESPACE, "--field-selector", "reason=Evicted"
+    )["items"]
+    return sorted(items, key=lambda e: e.get("lastTimestamp") or e.get("eventTime") or "")
+
+
+def _show_eviction(kubectl: Kubectl, url: str, timeout_s: float, since: set[str]) -> None:
+    """Serve the four models in turn; the fourth evicts the first (least recently used)."""
+    for model in EVICTION_WALK:
+        _embed_once(url, model, timeout_s)
+
+    def evicted() -> tuple[bool, str]:
+        new = [e for e in _evicted_events(kubectl) if e["metadata"]["uid"] not in since]
+        return bool(new), f"{len(new)} new Evicted events"
+
+    _wait_for("the Evicted event", evicted, timeout_s)
+    print(kubectl("get", "em", "-n", k8s.DEFAULT_NAMESPACE).stdout, flush=True)
+    for event in _evicted_events(kubectl):
+        if event["metadata"]["uid"] not in since:
+            obj = event["involvedObject"]["name"]
+            print(f"Event {event['type']} {event['reason']} {obj}: {event['message']}", flush=True)
 
 
 def _instructions(url: str) -> str:
@@ -174,22 +245,27 @@ def run_demo(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     try:
         _seed_model_cache()
+        _write_tiny_sources()
         kubectl("apply", "-f", str(REPO_ROOT / "crds"))
         kubectl("wait", "--for=condition=Established", "crd/embeddingmodels.akidb.io")
         kubectl("apply", "-k", str(LOCAL_OVERLAY))
-        _say(f"applied crds/ and {LOCAL_OVERLAY.relative_to(REPO_ROOT)}")
+        kubectl("apply", "-n", k8s.DEFAULT_NAMESPACE, "-f", str(DEMO_MODELS))
+        _say(f"applied crds/, {LOCAL_OVERLAY.relative_to(REPO_ROOT)} and the demo models")
+        # Evicted events of an earlier run (kept by a --keep cluster) are not this run's.
+        earlier = {e["metadata"]["uid"] for e in _evicted_events(kubectl)}
         _wait_for(
             "operator and gateway",
             lambda: _deployments_available(kubectl, ["akidb-operator", "akidb-gateway"]),
             args.timeout,
         )
-        _wait_for(f"{DEMO_MODEL} converted (Standby)", lambda: _model_phase(kubectl), args.timeout)
-        # The node agent proxies the NodePort on the node's own IP (always this cluster's)
-        # and on 127.0.0.1 when that port is free there.
+        _wait_for(
+            f"{len(EVICTION_WALK)} models converted (Standby)",
+            lambda: _all_converted(kubectl, list(EVICTION_WALK)),
+            args.timeout,
+        )
         url = f"http://{cluster.config().node_ip}:{GATEWAY_NODE_PORT}"
         _wait_for("the gateway behind its NodePort", lambda: _gateway_ready(url), args.timeout)
-        cold = _first_embedding(url, args.timeout)
-        _say(f"cold start of {DEMO_MODEL} through the gateway took {cold:.2f}s")
+        _show_eviction(kubectl, url, args.timeout, earlier)
         text = _instructions(url).replace("{kubeconfig}", str(cluster.kubeconfig))
         print(text.replace("{kubectl}", str(kubectl.binary)), flush=True)
         if args.no_wait:
