@@ -62,6 +62,21 @@ def _kubeconfig(args: argparse.Namespace) -> int:
     return 0
 
 
+def _images(args: argparse.Namespace) -> int:
+    from akidb_embed.devcluster import images
+
+    try:
+        built = images.ensure_images(progress=print)
+        if args.ctr_address:
+            images.import_images(built, args.ctr or "ctr", args.ctr_address)
+    except (images.ImageBuildError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    for row in images.describe(built):
+        print(f"{row['role']:<10} {row['ref']}  {int(row['bytes']) / 1e6:.0f} MB")  # type: ignore[call-overload]
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     """Add `cluster build|up|down|status|kubeconfig`."""
     common = argparse.ArgumentParser(add_help=False)
@@ -101,3 +116,13 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = cmds.add_parser("kubeconfig", parents=[common], help="print the admin kubeconfig's path")
     p.set_defaults(handler=_kubeconfig)
+
+    p = cmds.add_parser(
+        "images",
+        help="build (cached by content) the operator, model-server and converter images",
+        description="Build the repo's Dockerfiles with buildah on a debootstrap base, offline "
+        "from a wheelhouse; optionally import them into a containerd. See docs/IMAGES.md.",
+    )
+    p.add_argument("--ctr-address", default=None, help="containerd socket to import into")
+    p.add_argument("--ctr", default=None, help="ctr binary (default: ctr on PATH)")
+    p.set_defaults(handler=_images)
