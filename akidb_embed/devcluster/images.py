@@ -31,6 +31,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from akidb_embed.operator.objects import APP_UID
+
 Progress = Callable[[str], None]
 
 REPO = Path(__file__).resolve().parents[2]
@@ -58,6 +60,9 @@ BASE_TRIM = (
     "usr/share/man",
     "usr/share/info",
 )
+# The name manifests/overlays/local uses: import_images points it at the current tree's
+# image in the node's containerd, so the overlay stays static.
+LOCAL_TAG = "local"
 WHEELS_MOUNT = "/wheels"
 CACHE_ENV = "AKIDB_IMAGE_CACHE"
 
@@ -91,6 +96,10 @@ class ImageSet:
             "AKIDB_CONVERTER_IMAGE": self.converter,
             "AKIDB_IMAGE_PULL_POLICY": "Never",
         }
+
+
+def local_ref(ref: str) -> str:
+    return ref.rpartition(":")[0] + ":" + LOCAL_TAG
 
 
 def default_cache_dir() -> Path:
@@ -445,7 +454,16 @@ def import_images(
     progress: Progress = print,
     cache_dir: Path | None = None,
 ) -> list[str]:
-    """Import the images a containerd lacks (by name); returns the refs imported."""
+    """Import the images a containerd lacks (by name) and point the `:local` names at
+    them; returns the refs imported."""
+
+    def ctr(*args: str) -> subprocess.CompletedProcess[str]:
+        cmd = [str(ctr_binary), "--address", ctr_address, "-n", namespace, *args]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise ImageBuildError(f"{' '.join(cmd)} failed:\n{proc.stderr[-2000:]}")
+        return proc
+
     present = present_images(ctr_binary, ctr_address, namespace)
     todo = [ref for ref in images.refs().values() if ref not in present]
     builder = Builder(cache_dir, progress=progress)
@@ -453,27 +471,25 @@ def import_images(
         with builder.locked():
             archive = builder.archive(ref)
         start = time.monotonic()
-        proc = subprocess.run(
-            [
-                str(ctr_binary),
-                "--address",
-                ctr_address,
-                "-n",
-                namespace,
-                "images",
-                "import",
-                str(archive),
-            ],
-            capture_output=True,
-            text=True,
-        )
-        if proc.returncode != 0:
-            raise ImageBuildError(f"ctr images import {archive} failed:\n{proc.stderr[-2000:]}")
+        ctr("images", "import", str(archive))
         progress(f"  imported {ref} into containerd: {time.monotonic() - start:.1f}s")
-    missing = [ref for ref in todo if ref not in present_images(ctr_binary, ctr_address, namespace)]
+    present = present_images(ctr_binary, ctr_address, namespace)
+    missing = [ref for ref in images.refs().values() if ref not in present]
     if missing:
         raise ImageBuildError(f"containerd does not list {', '.join(missing)} after the import")
+    for ref in images.refs().values():
+        ctr("images", "tag", "--force", ref, local_ref(ref))
     return todo
+
+
+def prepare_node_folders(*paths: str | Path, uid: int = APP_UID) -> None:
+    """The node preparation the pods need: folders they write (model store, Hugging Face
+    cache, TensorRT caches) exist and belong to the images' user (hostPath volumes keep
+    the node's ownership; fsGroup does not apply to them)."""
+    for path in map(Path, paths):
+        path.mkdir(parents=True, exist_ok=True)
+        os.chown(path, uid, uid)
+        path.chmod(0o755)
 
 
 def describe(images: ImageSet, cache_dir: Path | None = None) -> list[dict[str, object]]:
