@@ -242,7 +242,7 @@ def _run_go(
                 "\nThe Go module proxy looks unreachable; check your network or GOPROXY "
                 f"(currently {os.environ.get('GOPROXY', 'https://proxy.golang.org,direct')})."
             )
-        raise BuildError(f"{what} failed (go {' '.join(args[:2])} ...):\n{tail}{hint}")
+        raise BuildError(f"{what} failed (go {' '.join(args[:2])} ..., exit {rc}):\n{tail}{hint}")
     return "\n".join(lines)
 
 

@@ -555,7 +555,7 @@ class DevCluster:
             lambda: node.ctr(self.node_paths, "version", check=False).returncode == 0,
             60,
         )
-        node.import_pause_image(self.node_paths)
+        node.import_local_images(self.node_paths)
         for component in ("kubelet", "kube-proxy", "kube-router"):
             self._start(component, cfg, progress)
         self._wait(

@@ -54,6 +54,8 @@ CGROUP_ROOT = "akidb-embed"
 CGROUP_FS = Path("/sys/fs/cgroup")
 GUARD_CHAIN = "AKIDB-GUARD"
 PAUSE_IMAGE = "localhost/akidb-embed/pause:1"
+TOOLBOX_IMAGE = "localhost/akidb-embed/toolbox:1"
+BUSYBOX = Path("/bin/busybox")
 NODE_LABELS = {
     "akidb.io/accelerator": "jetson-thor",
     "nvidia.com/gpu.product": "NVIDIA-Jetson-Thor",
@@ -116,12 +118,14 @@ def check_machine() -> None:
         )
         if not os.access(p, os.X_OK)
     ]
-    missing += [t for t in ("iptables", "ipset", "ip", "nsenter", "gcc") if not shutil.which(t)]
+    missing += [
+        t for t in ("iptables", "ipset", "ip", "nsenter", "gcc", "busybox") if not shutil.which(t)
+    ]
     if missing:
         raise NodeError(
             f"missing on this machine: {', '.join(map(str, missing))}. Install the Debian "
             "packages with `make node-packages` (runc containernetworking-plugins iptables "
-            "ipset iproute2 gcc libc6-dev)."
+            "ipset iproute2 gcc libc6-dev busybox-static)."
         )
 
 
@@ -166,8 +170,8 @@ class NodePaths:
         return self.state_dir / "logs" / "pods"
 
     @property
-    def pause_archive(self) -> Path:
-        return self.root / "pause.oci.tar"
+    def images_dir(self) -> Path:
+        return self.root / "images"
 
     @property
     def crictl_config(self) -> Path:
@@ -490,42 +494,50 @@ def component_env() -> dict[str, str]:
     return env
 
 
-# -- the pause image ------------------------------------------------------------------------
-def _tar_bytes(files: dict[str, tuple[bytes, int]]) -> bytes:
+# -- local images (no registry, no builder) --------------------------------------------------
+# Symlinked busybox applets in the toolbox image (what tests and diagnostics use).
+_TOOLBOX_APPLETS = (
+    "sh", "cat", "echo", "id", "ls", "mkdir", "nc", "httpd", "wget", "sleep", "touch",
+    "ps", "readlink", "grep", "ip", "hostname", "true", "false", "env", "timeout", "kill",
+)  # fmt: skip
+
+
+def _tar_bytes(
+    files: dict[str, tuple[bytes, int]],
+    links: dict[str, str] | None = None,
+    dirs: dict[str, int] | None = None,
+) -> bytes:
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
+        for name, mode in (dirs or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.mtime = tarfile.DIRTYPE, mode, 0
+            tar.addfile(info)
         for name, (data, mode) in files.items():
             info = tarfile.TarInfo(name)
             info.size, info.mode, info.mtime = len(data), mode, 0
             tar.addfile(info, io.BytesIO(data))
+        for name, target in (links or {}).items():
+            info = tarfile.TarInfo(name)
+            info.type, info.linkname, info.mtime = tarfile.SYMTYPE, target, 0
+            tar.addfile(info)
     return buf.getvalue()
 
 
-def build_pause_archive(out: Path) -> Path:
-    """The sandbox image: a static C program that waits for signals, as an OCI archive.
+def _sha(b: bytes) -> str:
+    return "sha256:" + hashlib.sha256(b).hexdigest()
 
-    Written by hand (one layer, config, manifest, index), so no registry or builder is
-    needed; content-stable, so re-importing it is a no-op for containerd.
-    """
-    if out.is_file():
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    src = out.with_suffix(".c")
-    binary = out.with_suffix(".bin")
-    src.write_text(_PAUSE_C)
-    run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(src)])
-    raw = _tar_bytes({"pause": (binary.read_bytes(), 0o755)})
-    layer = gzip.compress(raw, mtime=0)
 
-    def sha(b: bytes) -> str:
-        return "sha256:" + hashlib.sha256(b).hexdigest()
-
-    config = json.dumps(
+def write_oci_archive(out: Path, ref: str, layer_tar: bytes, config: dict[str, object]) -> Path:
+    """One-layer OCI image archive, written by hand; byte-stable for the same input, so
+    re-importing an unchanged image is a no-op for containerd."""
+    layer = gzip.compress(layer_tar, mtime=0)
+    config_blob = json.dumps(
         {
             "architecture": "amd64",
             "os": "linux",
-            "config": {"Entrypoint": ["/pause"], "User": "65535:65535"},
-            "rootfs": {"type": "layers", "diff_ids": [sha(raw)]},
+            "config": config,
+            "rootfs": {"type": "layers", "diff_ids": [_sha(layer_tar)]},
         }
     ).encode()
     manifest = json.dumps(
@@ -534,13 +546,13 @@ def build_pause_archive(out: Path) -> Path:
             "mediaType": "application/vnd.oci.image.manifest.v1+json",
             "config": {
                 "mediaType": "application/vnd.oci.image.config.v1+json",
-                "digest": sha(config),
-                "size": len(config),
+                "digest": _sha(config_blob),
+                "size": len(config_blob),
             },
             "layers": [
                 {
                     "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
-                    "digest": sha(layer),
+                    "digest": _sha(layer),
                     "size": len(layer),
                 }
             ],
@@ -552,28 +564,53 @@ def build_pause_archive(out: Path) -> Path:
             "manifests": [
                 {
                     "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                    "digest": sha(manifest),
+                    "digest": _sha(manifest),
                     "size": len(manifest),
                     "annotations": {
-                        "io.containerd.image.name": PAUSE_IMAGE,
-                        "org.opencontainers.image.ref.name": PAUSE_IMAGE.rsplit(":", 1)[1],
+                        "io.containerd.image.name": ref,
+                        "org.opencontainers.image.ref.name": ref.rsplit(":", 1)[1],
                     },
                 }
             ],
         }
     ).encode()
-    blobs = {f"blobs/sha256/{sha(b)[7:]}": (b, 0o644) for b in (layer, config, manifest)}
-    archive = _tar_bytes(
-        {
-            "oci-layout": (b'{"imageLayoutVersion": "1.0.0"}', 0o644),
-            "index.json": (index, 0o644),
-            **blobs,
-        }
-    )
+    blobs = {f"blobs/sha256/{_sha(b)[7:]}": (b, 0o644) for b in (layer, config_blob, manifest)}
+    files = {
+        "oci-layout": (b'{"imageLayoutVersion": "1.0.0"}', 0o644),
+        "index.json": (index, 0o644),
+        **blobs,
+    }
+    out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".partial")
-    tmp.write_bytes(archive)
+    tmp.write_bytes(_tar_bytes(files))
     tmp.rename(out)
     return out
+
+
+def build_pause_archive(out: Path) -> Path:
+    """The sandbox image: a static C program (gcc -static) that waits for signals."""
+    if out.is_file():
+        return out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    src, binary = out.with_suffix(".c"), out.with_suffix(".bin")
+    src.write_text(_PAUSE_C)
+    run(["gcc", "-static", "-Os", "-s", "-o", str(binary), str(src)])
+    layer = _tar_bytes({"pause": (binary.read_bytes(), 0o755)})
+    return write_oci_archive(out, PAUSE_IMAGE, layer, {"Entrypoint": ["/pause"], "User": "65535"})
+
+
+def build_toolbox_archive(out: Path) -> Path:
+    """A tiny image of Debian's static busybox (sh, nc, httpd, wget, ...) for tests."""
+    if out.is_file():
+        return out
+    if not os.access(BUSYBOX, os.X_OK):
+        raise NodeError(f"{BUSYBOX} is missing: install Debian's busybox-static")
+    layer = _tar_bytes(
+        {"bin/busybox": (BUSYBOX.read_bytes(), 0o755)},
+        links={f"bin/{a}": "busybox" for a in _TOOLBOX_APPLETS},
+        dirs={"bin": 0o755, "tmp": 0o1777, "etc": 0o755},
+    )
+    return write_oci_archive(out, TOOLBOX_IMAGE, layer, {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
 def ctr(paths: NodePaths, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -597,8 +634,13 @@ def crictl(paths: NodePaths, *args: str, check: bool = True) -> subprocess.Compl
     )
 
 
-def import_pause_image(paths: NodePaths) -> None:
-    ctr(paths, "images", "import", str(build_pause_archive(paths.pause_archive)))
+def import_local_images(paths: NodePaths) -> None:
+    """The pause (sandbox) and toolbox images into containerd's k8s.io namespace."""
+    for archive in (
+        build_pause_archive(paths.images_dir / "pause.oci.tar"),
+        build_toolbox_archive(paths.images_dir / "toolbox.oci.tar"),
+    ):
+        ctr(paths, "images", "import", str(archive))
 
 
 # -- cleanup --------------------------------------------------------------------------------
