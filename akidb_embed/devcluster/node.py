@@ -613,6 +613,10 @@ def build_toolbox_archive(out: Path) -> Path:
     return write_oci_archive(out, TOOLBOX_IMAGE, layer, {"Cmd": ["/bin/sh"], "Env": ["PATH=/bin"]})
 
 
+def ctr_binary() -> Path:
+    return build.node_binary_path("ctr")
+
+
 def ctr(paths: NodePaths, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return run(
         [
