@@ -499,6 +499,7 @@ def component_env() -> dict[str, str]:
 _TOOLBOX_APPLETS = (
     "sh", "cat", "echo", "id", "ls", "mkdir", "nc", "httpd", "wget", "sleep", "touch",
     "ps", "readlink", "grep", "ip", "hostname", "true", "false", "env", "timeout", "kill",
+    "ssl_client", "ping",
 )  # fmt: skip
 
 
