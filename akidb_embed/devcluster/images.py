@@ -194,10 +194,16 @@ class Builder:
                 cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
             )
             assert proc.stdout is not None
+            said = start
             for line in proc.stdout:
                 log.write(line)
-                if line.startswith("STEP ") or line.startswith("I: Retrieving"):
+                now = time.monotonic()
+                if line.startswith("STEP "):
                     self.progress(f"    {line.rstrip()[:120]}")
+                    said = now
+                elif now - said > 30:  # a long step (pip, debootstrap): a sign of life
+                    self.progress(f"    ... {what} {now - start:.0f}s: {line.strip()[:90]}")
+                    said = now
             rc = proc.wait()
         elapsed = time.monotonic() - start
         self.seconds[what] = round(elapsed, 1)
