@@ -76,7 +76,7 @@ def _images(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     for row in images.describe(built):
-        print(f"{row['role']:<10} {row['ref']}  {int(row['bytes']) / 1e6:.0f} MB")  # type: ignore[call-overload]
+        print(f"{row['role']:<10} {row['ref']}  {row['size']}")
     return 0
 
 

@@ -221,11 +221,12 @@ class Builder:
         )
         return proc.returncode == 0
 
-    def image_size(self, ref: str) -> int:
+    def image_size(self, ref: str) -> str:
+        """Uncompressed size as buildah prints it (e.g. '268 MB')."""
         out = subprocess.run(
             self.buildah_cmd("images", "--json", ref), capture_output=True, text=True, check=True
         ).stdout
-        return int(json.loads(out)[0]["size"])
+        return str(json.loads(out)[0]["size"])
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -498,10 +499,10 @@ def prepare_node_folders(*paths: str | Path, uid: int = APP_UID) -> None:
         path.chmod(0o755)
 
 
-def describe(images: ImageSet, cache_dir: Path | None = None) -> list[dict[str, object]]:
+def describe(images: ImageSet, cache_dir: Path | None = None) -> list[dict[str, str]]:
     """Ref and size of each image (for `cluster images` and docs/IMAGES.md)."""
     builder = Builder(cache_dir, progress=lambda _: None)
-    rows: list[dict[str, object]] = []
+    rows: list[dict[str, str]] = []
     for role, ref in (("base", images.base), *images.refs().items()):
-        rows.append({"role": role, "ref": ref, "bytes": builder.image_size(ref)})
+        rows.append({"role": role, "ref": ref, "size": builder.image_size(ref)})
     return rows
