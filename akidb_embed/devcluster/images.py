@@ -9,8 +9,8 @@ into the build, with `--network none`.
 Every tag is a hash of what goes into the image (`localhost/akidb-embed-<role>:<hash>`):
 an existing tag is not rebuilt, so an unchanged tree costs a few `buildah inspect`s. The
 converter (torch) keeps its dependencies in a layer of their own, which buildah's layer
-cache keeps across code changes. Images reach a containerd as OCI archives
-(`buildah push ... oci-archive:`, `ctr images import`), skipping those already there.
+cache keeps across code changes. Images reach a containerd as image archives
+(`buildah push ... docker-archive:`, `ctr images import`), skipping those already there.
 
     images = ensure_images(progress=print)            # build or reuse -> ImageSet
     import_images(images, ctr_binary, ctr_socket)     # into containerd's k8s.io namespace
@@ -383,22 +383,22 @@ class Builder:
             for name in image.get("names") or []:
                 if name.startswith(repo) and name != keep:
                     subprocess.run(self.buildah_cmd("rmi", name), capture_output=True)
-        for old in (self.cache / "archives").glob(f"akidb-embed-{role}-*.oci.tar"):
+        for old in (self.cache / "archives").glob(f"akidb-embed-{role}-*.tar"):
             if old.name != _archive_name(keep):
                 old.unlink()
 
     def archive(self, ref: str) -> Path:
-        """The image as an OCI archive (uncompressed layers: quick to write and import)."""
+        """The image as a docker-archive tar: uncompressed layers, written in one pass
+        (an oci-archive gzips every layer, minutes for the converter's torch) and
+        imported by `ctr images import` under its full name."""
         path = self.cache / "archives" / _archive_name(ref)
         if path.exists():
             return path
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_suffix(".partial")
+        partial = path.with_name(path.name + ".partial")
         partial.unlink(missing_ok=True)
         self._run(
-            self.buildah_cmd(
-                "push", "--disable-compression", "--quiet", ref, f"oci-archive:{partial}:{ref}"
-            ),
+            self.buildah_cmd("push", "--quiet", ref, f"docker-archive:{partial}:{ref}"),
             f"export {ref.split('/')[-1]}",
             "export",
         )
@@ -408,7 +408,7 @@ class Builder:
 
 def _archive_name(ref: str) -> str:
     name, _, tag = ref.rpartition("/")[2].partition(":")
-    return f"{name}-{tag}.oci.tar"
+    return f"{name}-{tag}.tar"
 
 
 def ensure_images(
