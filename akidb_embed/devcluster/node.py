@@ -499,7 +499,7 @@ def component_env() -> dict[str, str]:
 _TOOLBOX_APPLETS = (
     "sh", "cat", "echo", "id", "ls", "mkdir", "nc", "httpd", "wget", "sleep", "touch",
     "ps", "readlink", "grep", "ip", "hostname", "true", "false", "env", "timeout", "kill",
-    "ssl_client", "ping",
+    "ping", "test", "printf",
 )  # fmt: skip
 
 
@@ -600,6 +600,14 @@ def build_pause_archive(out: Path) -> Path:
     return write_oci_archive(out, PAUSE_IMAGE, layer, {"Entrypoint": ["/pause"], "User": "65535"})
 
 
+def toolbox_key() -> str:
+    """Content key of the toolbox image: a changed busybox or applet list, a new archive."""
+    digest = hashlib.sha256(" ".join(_TOOLBOX_APPLETS).encode())
+    with contextlib.suppress(OSError):
+        digest.update(BUSYBOX.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_toolbox_archive(out: Path) -> Path:
     """A tiny image of Debian's static busybox (sh, nc, httpd, wget, ...) for tests."""
     if out.is_file():
@@ -643,7 +651,7 @@ def import_local_images(paths: NodePaths) -> None:
     """The pause (sandbox) and toolbox images into containerd's k8s.io namespace."""
     for archive in (
         build_pause_archive(paths.images_dir / "pause.oci.tar"),
-        build_toolbox_archive(paths.images_dir / "toolbox.oci.tar"),
+        build_toolbox_archive(paths.images_dir / f"toolbox-{toolbox_key()}.oci.tar"),
     ):
         ctr(paths, "images", "import", str(archive))
 
