@@ -680,8 +680,9 @@ def _unmount_all(prefixes: list[Path]) -> int:
 
 
 def _our_processes(paths: NodePaths) -> list[int]:
-    """Processes started for this node: its shims (named by our socket) and components."""
-    needles = [str(paths.containerd_socket), str(paths.root), str(build.node_bin_dir())]
+    """Processes of this state folder's node: its shims (named by its containerd socket)
+    and components (their configs live under it). Never another cluster's."""
+    needles = [str(paths.containerd_socket), f"{paths.root}/"]
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -699,17 +700,32 @@ def remove_pods(paths: NodePaths, progress: Progress) -> None:
         progress("  removed the node's pods (crictl rmp -fa)")
 
 
-def cleanup(paths: NodePaths, progress: Progress) -> None:
-    """Remove everything the node made; safe to run at any time, any number of times."""
+def cleanup(paths: NodePaths, progress: Progress, machine_wide: bool = True) -> None:
+    """Remove everything the node made; safe to run at any time, any number of times.
+
+    `machine_wide=False` removes only what belongs to this state folder (processes,
+    mounts, scratch): for a cluster that no longer holds the machine's node, whose netns,
+    cgroups and shared paths now belong to the lock's owner.
+    """
     for pid in _our_processes(paths):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    cgroups = _remove_cgroups()
-    if cgroups:
-        progress(f"  removed cgroups {', '.join(cgroups)}")
-    unmounted = _unmount_all([paths.root, paths.state_dir / "node"])
+    if machine_wide:
+        cgroups = _remove_cgroups()
+        if cgroups:
+            progress(f"  removed cgroups {', '.join(cgroups)}")
+    unmounted = _unmount_all([paths.root])
     if unmounted:
         progress(f"  unmounted {unmounted} mounts under {paths.root}")
+    if machine_wide:
+        _cleanup_machine(paths, progress)
+    # Scratch of the containerd state (sockets, netns mounts) goes; images stay cached.
+    shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
+    paths.containerd_socket.unlink(missing_ok=True)
+
+
+def _cleanup_machine(paths: NodePaths, progress: Progress) -> None:
+    """The machine-wide part: netns, veth, and what the tools put in fixed paths."""
     if netns_exists():
         # Takes the veth pair, the bridge, the routes and every iptables rule with it.
         run(["ip", "netns", "del", NETNS], check=False)
@@ -729,6 +745,3 @@ def cleanup(paths: NodePaths, progress: Progress) -> None:
             # Shim sockets are named by a hash; ours are the ones nobody listens on now.
             if run(["ss", "-xlH", "src", str(sock)], check=False).stdout.strip() == "":
                 sock.unlink()
-    # Scratch of the containerd state (sockets, netns mounts) goes; images stay cached.
-    shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
-    paths.containerd_socket.unlink(missing_ok=True)
