@@ -565,11 +565,14 @@ class DevCluster:
             60,
         )
         node.import_local_images(self.node_paths)
-        for component in ("kubelet", "kube-proxy", "kube-router"):
+        for component in ("kubelet", "kube-proxy"):
             self._start(component, cfg, progress)
         self._wait(
             f"node {cfg.node_name} to be Ready", "kubelet", lambda: bool(self.node_ready()), 120
         )
+        # kube-router looks its node up once at start: only after the kubelet registered it.
+        self._start("kube-router", cfg, progress)
+        self._wait("kube-router's firewall", "kube-router", node.firewall_ready, 60)
         # What a Jetson's device plugin would advertise (admin-patched, kept by the kubelet).
         capacity = json.dumps({"status": {"capacity": node.NODE_EXTENDED_RESOURCES}})
         self._kubectl(

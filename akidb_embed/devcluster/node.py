@@ -254,6 +254,12 @@ def _ensure_guard() -> None:
         run([*ipt, "-I", *jump], netns=True)
 
 
+def firewall_ready() -> bool:
+    """kube-router's NetworkPolicy firewall has synced (its top-level chain is hooked in)."""
+    out = run(["iptables", "-w", "-S", "FORWARD"], check=False, netns=True).stdout
+    return "KUBE-ROUTER-FORWARD" in out
+
+
 def guard_drops() -> int:
     """Packets the guard has dropped so far (its final DROP rule's counter)."""
     out = run(
