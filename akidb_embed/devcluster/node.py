@@ -726,7 +726,9 @@ def cleanup(paths: NodePaths, progress: Progress, machine_wide: bool = True) -> 
     if machine_wide:
         _cleanup_machine(paths, progress)
     # Scratch of the containerd state (sockets, netns mounts) goes; images stay cached.
-    shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
+    # Never recurse through something still mounted (a rootfs could hold a volume).
+    if not _mounts_under([paths.containerd_dir / "state"]):
+        shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
     paths.containerd_socket.unlink(missing_ok=True)
 
 
