@@ -499,14 +499,23 @@ class DevCluster:
     def _node_healthy(self) -> bool:
         return node.netns_exists() and all(self._running(c) for c in node.COMPONENTS)
 
+    def _holds_node(self) -> bool:
+        owner = node.lock_owner()
+        return owner is None or owner.resolve() == self.state_dir.resolve()
+
     def _stop_node(self, progress: Progress) -> None:
-        """Stop the node's components and remove everything the node made."""
+        """Stop the node's components and remove everything the node made (only what is
+        this folder's when another cluster holds the machine's node now)."""
         for component in ("kube-router", "kube-proxy", "kubelet"):
             self._stop(component, progress)
         if self._running("containerd"):
             node.remove_pods(self.node_paths, progress)
         self._stop("containerd", progress)
-        node.cleanup(self.node_paths, progress)
+        node.cleanup(self.node_paths, progress, machine_wide=self._holds_node())
+
+    def _stop_control_plane(self, progress: Progress) -> None:
+        for component in reversed(CONTROL_PLANE):
+            self._stop(component, progress)
 
     def _stop(self, component: str, progress: Progress) -> None:
         rec = self._record(component)
@@ -556,11 +565,14 @@ class DevCluster:
             60,
         )
         node.import_local_images(self.node_paths)
-        for component in ("kubelet", "kube-proxy", "kube-router"):
+        for component in ("kubelet", "kube-proxy"):
             self._start(component, cfg, progress)
         self._wait(
             f"node {cfg.node_name} to be Ready", "kubelet", lambda: bool(self.node_ready()), 120
         )
+        # kube-router looks its node up once at start: only after the kubelet registered it.
+        self._start("kube-router", cfg, progress)
+        self._wait("kube-router's firewall", "kube-router", node.firewall_ready, 60)
         # What a Jetson's device plugin would advertise (admin-patched, kept by the kubelet).
         capacity = json.dumps({"status": {"capacity": node.NODE_EXTENDED_RESOURCES}})
         self._kubectl(
@@ -579,14 +591,13 @@ class DevCluster:
 
     def down(self, progress: Progress = _stderr, purge: bool = False) -> None:
         """Stop every process this cluster started and remove what its node made."""
-        owns_node = node.lock_owner() in (None, self.state_dir.resolve()) or any(
-            self._record(c) for c in node.COMPONENTS
-        )
-        if owns_node and os.geteuid() == 0:
+        if os.geteuid() == 0:
             self._stop_node(progress)
             node.release_lock(self.state_dir)
-        for component in reversed(CONTROL_PLANE):
-            self._stop(component, progress)
+        else:
+            for component in reversed(node.COMPONENTS):
+                self._stop(component, progress)
+        self._stop_control_plane(progress)
         if purge and self.state_dir.exists():
             shutil.rmtree(self.state_dir)
             progress(f"  removed {self.state_dir}")

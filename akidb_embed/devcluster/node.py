@@ -254,6 +254,12 @@ def _ensure_guard() -> None:
         run([*ipt, "-I", *jump], netns=True)
 
 
+def firewall_ready() -> bool:
+    """kube-router's NetworkPolicy firewall has synced (its top-level chain is hooked in)."""
+    out = run(["iptables", "-w", "-S", "FORWARD"], check=False, netns=True).stdout
+    return "KUBE-ROUTER-FORWARD" in out
+
+
 def guard_drops() -> int:
     """Packets the guard has dropped so far (its final DROP rule's counter)."""
     out = run(
@@ -499,7 +505,7 @@ def component_env() -> dict[str, str]:
 _TOOLBOX_APPLETS = (
     "sh", "cat", "echo", "id", "ls", "mkdir", "nc", "httpd", "wget", "sleep", "touch",
     "ps", "readlink", "grep", "ip", "hostname", "true", "false", "env", "timeout", "kill",
-    "ssl_client", "ping",
+    "ping", "test", "printf",
 )  # fmt: skip
 
 
@@ -600,6 +606,14 @@ def build_pause_archive(out: Path) -> Path:
     return write_oci_archive(out, PAUSE_IMAGE, layer, {"Entrypoint": ["/pause"], "User": "65535"})
 
 
+def toolbox_key() -> str:
+    """Content key of the toolbox image: a changed busybox or applet list, a new archive."""
+    digest = hashlib.sha256(" ".join(_TOOLBOX_APPLETS).encode())
+    with contextlib.suppress(OSError):
+        digest.update(BUSYBOX.read_bytes())
+    return digest.hexdigest()[:12]
+
+
 def build_toolbox_archive(out: Path) -> Path:
     """A tiny image of Debian's static busybox (sh, nc, httpd, wget, ...) for tests."""
     if out.is_file():
@@ -643,7 +657,7 @@ def import_local_images(paths: NodePaths) -> None:
     """The pause (sandbox) and toolbox images into containerd's k8s.io namespace."""
     for archive in (
         build_pause_archive(paths.images_dir / "pause.oci.tar"),
-        build_toolbox_archive(paths.images_dir / "toolbox.oci.tar"),
+        build_toolbox_archive(paths.images_dir / f"toolbox-{toolbox_key()}.oci.tar"),
     ):
         ctr(paths, "images", "import", str(archive))
 
@@ -672,8 +686,9 @@ def _unmount_all(prefixes: list[Path]) -> int:
 
 
 def _our_processes(paths: NodePaths) -> list[int]:
-    """Processes started for this node: its shims (named by our socket) and components."""
-    needles = [str(paths.containerd_socket), str(paths.root), str(build.node_bin_dir())]
+    """Processes of this state folder's node: its shims (named by its containerd socket)
+    and components (their configs live under it). Never another cluster's."""
+    needles = [str(paths.containerd_socket), f"{paths.root}/"]
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit() or int(proc.name) == os.getpid():
@@ -691,17 +706,34 @@ def remove_pods(paths: NodePaths, progress: Progress) -> None:
         progress("  removed the node's pods (crictl rmp -fa)")
 
 
-def cleanup(paths: NodePaths, progress: Progress) -> None:
-    """Remove everything the node made; safe to run at any time, any number of times."""
+def cleanup(paths: NodePaths, progress: Progress, machine_wide: bool = True) -> None:
+    """Remove everything the node made; safe to run at any time, any number of times.
+
+    `machine_wide=False` removes only what belongs to this state folder (processes,
+    mounts, scratch): for a cluster that no longer holds the machine's node, whose netns,
+    cgroups and shared paths now belong to the lock's owner.
+    """
     for pid in _our_processes(paths):
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-    cgroups = _remove_cgroups()
-    if cgroups:
-        progress(f"  removed cgroups {', '.join(cgroups)}")
-    unmounted = _unmount_all([paths.root, paths.state_dir / "node"])
+    if machine_wide:
+        cgroups = _remove_cgroups()
+        if cgroups:
+            progress(f"  removed cgroups {', '.join(cgroups)}")
+    unmounted = _unmount_all([paths.root])
     if unmounted:
         progress(f"  unmounted {unmounted} mounts under {paths.root}")
+    if machine_wide:
+        _cleanup_machine(paths, progress)
+    # Scratch of the containerd state (sockets, netns mounts) goes; images stay cached.
+    # Never recurse through something still mounted (a rootfs could hold a volume).
+    if not _mounts_under([paths.containerd_dir / "state"]):
+        shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
+    paths.containerd_socket.unlink(missing_ok=True)
+
+
+def _cleanup_machine(paths: NodePaths, progress: Progress) -> None:
+    """The machine-wide part: netns, veth, and what the tools put in fixed paths."""
     if netns_exists():
         # Takes the veth pair, the bridge, the routes and every iptables rule with it.
         run(["ip", "netns", "del", NETNS], check=False)
@@ -721,6 +753,3 @@ def cleanup(paths: NodePaths, progress: Progress) -> None:
             # Shim sockets are named by a hash; ours are the ones nobody listens on now.
             if run(["ss", "-xlH", "src", str(sock)], check=False).stdout.strip() == "":
                 sock.unlink()
-    # Scratch of the containerd state (sockets, netns mounts) goes; images stay cached.
-    shutil.rmtree(paths.containerd_dir / "state", ignore_errors=True)
-    paths.containerd_socket.unlink(missing_ok=True)
