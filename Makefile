@@ -7,7 +7,13 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv kube-binaries test test-fast lint typecheck demo bench clean
+.PHONY: venv node-packages kube-binaries test test-fast lint typecheck demo bench clean
+
+# Debian packages the local cluster's node needs (runc, CNI plugins, iptables, ipset for
+# kube-router, gcc for the pause image, busybox for the test image, buildah/debootstrap
+# for the project images). Installs only what is missing; needs root.
+NODE_PACKAGES := runc containernetworking-plugins iptables ipset iproute2 util-linux \
+	gcc libc6-dev binutils busybox-static buildah debootstrap
 
 venv: $(VENV)/.installed
 
@@ -18,8 +24,23 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $@
 
-# etcd, kube-apiserver, kube-controller-manager, kube-scheduler and kubectl for the
-# pinned release; cached under ~/.cache/akidb-embed/kube/<version> and reused.
+node-packages:
+	@missing=$$(for p in $(NODE_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+		| grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" != 0 ]; then \
+			echo "error: the local cluster's node needs these Debian packages: $$missing;" \
+				"run 'make node-packages' as root (or: sudo apt-get install $$missing)" >&2; exit 1; \
+		fi; \
+		echo "installing $$missing"; \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends $$missing \
+			|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y \
+				--no-install-recommends $$missing; }; \
+	fi
+
+# Control plane (etcd, kube-apiserver, kube-controller-manager, kube-scheduler, kubectl)
+# and node (kubelet, kube-proxy, containerd, crictl, kube-router) for the pinned releases;
+# cached under ~/.cache/akidb-embed/kube/<version> and reused.
 kube-binaries: venv
 	$(BIN)/akidb-embed cluster build
 
@@ -31,19 +52,19 @@ typecheck: venv
 	$(BIN)/mypy
 
 # The whole suite, cluster tests included (pytest exit 5, "no tests", is not a failure).
-test: venv kube-binaries lint typecheck
+test: venv node-packages kube-binaries lint typecheck
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # Without the slow local-cluster tests.
 test-fast: venv
 	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
-demo: venv kube-binaries
+demo: venv node-packages kube-binaries
 	$(BIN)/akidb-embed demo
 
 # Benchmarks print their numbers and write bench/results/*.json; the report turns
 # those into docs/MODEL-PERFORMANCE.md.
-bench: venv kube-binaries
+bench: venv node-packages kube-binaries
 	$(BIN)/python -m bench.model_server
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.operator_decisions --cluster

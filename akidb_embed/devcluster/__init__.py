@@ -1,4 +1,4 @@
-"""Local development cluster: upstream control plane + a node agent running pods locally.
+"""Local development cluster: upstream control plane + one real node (kubelet, containerd).
 
 Python API (used by `akidb-embed demo` and the test fixture)::
 

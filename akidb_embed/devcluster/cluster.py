@@ -1,28 +1,29 @@
 """The local cluster: etcd, kube-apiserver, kube-controller-manager, kube-scheduler and
-the node agent as detached child processes, with everything under one state folder.
+one real node (containerd, kubelet, kube-proxy, kube-router; see node.py) as detached
+child processes, with everything under one state folder.
 
 Layout of the state folder:
     config.json            ports, pod subnet, node name (chosen at the first `up`)
     admin.kubeconfig       the admin credential (system:masters)
     pki/                   CA, serving/client certificates, service-account key pair
-    kubeconfig/            credentials of the controller-manager and the scheduler
+    kubeconfig/            credentials of the controllers and the node's components
     etcd-data/             etcd's data
     run/<component>.pid    pid records (pid + start time, checked before any signal)
-    logs/<component>.log   component logs; logs/pods/<ns>_<pod>_<uid>/<container>.log
-    agent/                 node agent state (pod processes, pod IPs, per-pod dirs)
+    logs/<component>.log   component logs; logs/pods/<ns>_<pod>_<uid>/<container>/N.log
+    node/                  containerd root and state, kubelet root, CNI config, pause image
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
-import hashlib
 import json
 import os
 import random
 import shutil
 import socket
 import ssl
+import subprocess
 import sys
 import time
 import urllib.error
@@ -32,15 +33,49 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from akidb_embed.devcluster import build, procs
+from akidb_embed.devcluster import build, node, procs
 
 DEFAULT_NODE_NAME = "jetson-thor-0"
-SERVICE_CIDR = "10.96.0.0/16"
+SERVICE_CIDR = node.SERVICE_CIDR
 KUBERNETES_SERVICE_IP = "10.96.0.1"
 STATE_ENV = "AKIDB_DEVCLUSTER_DIR"
 
+CONTROL_PLANE = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler")
 # Start order; `down` stops in reverse.
-COMPONENTS = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "node-agent")
+COMPONENTS = (*CONTROL_PLANE, *node.COMPONENTS)
+
+# Who may do what beyond Kubernetes' bootstrap policy: the API server calls the kubelet
+# API (logs, exec), kube-router watches what NetworkPolicies select.
+BOOTSTRAP_RBAC = """
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "akidb:kube-apiserver-kubelet-client"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "system:kubelet-api-admin"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: kube-apiserver-kubelet-client}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: "akidb:kube-router"}
+rules:
+- apiGroups: [""]
+  resources: [namespaces, pods, services, nodes, endpoints]
+  verbs: [get, list, watch]
+- apiGroups: [networking.k8s.io]
+  resources: [networkpolicies]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+- apiGroups: ["", events.k8s.io]
+  resources: [events]
+  verbs: [create, patch, update]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: "akidb:kube-router"}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: "akidb:kube-router"}
+subjects: [{apiGroup: rbac.authorization.k8s.io, kind: User, name: "akidb:kube-router"}]
+"""
 
 Progress = Callable[[str], None]
 
@@ -60,7 +95,7 @@ def default_state_dir() -> Path:
 
 
 # Below Linux's ephemeral range (32768+), so outgoing connections never hold our ports,
-# and below the NodePort range (30000-32767), which the node agent listens on.
+# and below the NodePort range (30000-32767).
 _PORT_RANGE = (10000, 29999)
 
 
@@ -84,13 +119,6 @@ def _free_port(taken: set[int]) -> int:
     raise ClusterError(f"found no free port in {_PORT_RANGE} on 127.0.0.1")
 
 
-def _default_pod_subnet(state_dir: Path) -> str:
-    # Different clusters (a test run beside a user's demo) get different /16s, so their
-    # pods may bind the same ports without clashing.
-    digest = hashlib.sha256(str(state_dir.resolve()).encode()).digest()
-    return f"127.{64 + digest[0] % 128}.0.0/16"
-
-
 @dataclass
 class ClusterConfig:
     node_name: str = DEFAULT_NODE_NAME
@@ -100,25 +128,18 @@ class ClusterConfig:
     apiserver_port: int = 0
     controller_manager_port: int = 0
     scheduler_port: int = 0
-    # The node agent's kubelet API (container logs), on the node IP.
-    kubelet_port: int = 0
-    pod_subnet: str = ""
+    pod_subnet: str = node.POD_SUBNET
     service_cidr: str = SERVICE_CIDR
-    # Crash-loop back-off of the node agent (the kubelet uses 10 s doubling to 300 s).
-    backoff_base_s: float = 10.0
-    backoff_max_s: float = 300.0
-    # Where NodePort Services and hostPorts are reachable, besides the node's own IP.
-    host_address: str = "127.0.0.1"
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
     def node_ip(self) -> str:
-        net = self.pod_subnet.split("/")[0].rsplit(".", 2)[0]
-        return f"{net}.0.1"
+        return node.NODE_IP
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.apiserver_port}"
+        # The host end of the node's veth: reachable from the host and from pods alike.
+        return f"https://{node.HOST_IP}:{self.apiserver_port}"
 
     @classmethod
     def load(cls, path: Path) -> ClusterConfig:
@@ -172,24 +193,18 @@ def _stderr(msg: str) -> None:
 class DevCluster:
     """One local cluster, identified by its state folder.
 
-    `up()` is idempotent: running components are reused, missing ones started. `down()`
-    stops only the processes recorded in this state folder (identity-checked).
+    `up()` is idempotent and level-triggered: running components are reused, missing ones
+    started, and a node left half-dead (a component killed) is cleaned and restarted.
+    `down()` stops only the processes recorded in this state folder (identity-checked)
+    and removes what the node made (see `node.cleanup`).
     """
 
     def __init__(
-        self,
-        state_dir: Path | str | None = None,
-        *,
-        node_name: str = DEFAULT_NODE_NAME,
-        pod_subnet: str | None = None,
-        backoff_base_s: float | None = None,
-        backoff_max_s: float | None = None,
+        self, state_dir: Path | str | None = None, *, node_name: str = DEFAULT_NODE_NAME
     ) -> None:
         self.state_dir = Path(state_dir).expanduser() if state_dir else default_state_dir()
         self._node_name = node_name
-        self._pod_subnet = pod_subnet
-        self._backoff_base_s = backoff_base_s
-        self._backoff_max_s = backoff_max_s
+        self.node_paths = node.NodePaths(self.state_dir)
 
     # -- paths ------------------------------------------------------------------------------
     @property
@@ -209,8 +224,8 @@ class DevCluster:
         return self.state_dir / "logs"
 
     @property
-    def agent_dir(self) -> Path:
-        return self.state_dir / "agent"
+    def kubeconfig_dir(self) -> Path:
+        return self.state_dir / "kubeconfig"
 
     def pid_path(self, component: str) -> Path:
         return self.state_dir / "run" / f"{component}.pid"
@@ -241,15 +256,9 @@ class DevCluster:
                 apiserver_port=_free_port(taken),
                 controller_manager_port=_free_port(taken),
                 scheduler_port=_free_port(taken),
-                pod_subnet=self._pod_subnet or _default_pod_subnet(self.state_dir),
             )
-        if not cfg.kubelet_port:  # state from before the kubelet API existed
-            cfg.kubelet_port = _free_port({cfg.etcd_port, cfg.etcd_peer_port, cfg.apiserver_port})
-        # Tunables given explicitly win over the stored ones; ports and subnet stay put.
-        if self._backoff_base_s is not None:
-            cfg.backoff_base_s = self._backoff_base_s
-        if self._backoff_max_s is not None:
-            cfg.backoff_max_s = self._backoff_max_s
+        # State from before the real node: its pod subnet was a loopback range.
+        cfg.pod_subnet = node.POD_SUBNET
         cfg.save(self.config_path)
         return cfg
 
@@ -309,8 +318,10 @@ class DevCluster:
             return [
                 str(b / "kube-apiserver"),
                 f"--etcd-servers=http://127.0.0.1:{cfg.etcd_port}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                # On the veth's host end: pods reach it through the `kubernetes` Service,
+                # whose endpoint is this advertised address (lease endpoint reconciler).
+                f"--bind-address={node.HOST_IP}",
+                f"--advertise-address={node.HOST_IP}",
                 f"--secure-port={cfg.apiserver_port}",
                 f"--tls-cert-file={pki / 'apiserver.crt'}",
                 f"--tls-private-key-file={pki / 'apiserver.key'}",
@@ -326,10 +337,9 @@ class DevCluster:
                 f"--service-account-key-file={pki / 'sa.pub'}",
                 f"--service-account-signing-key-file={pki / 'sa.key'}",
                 f"--service-cluster-ip-range={cfg.service_cidr}",
-                # A loopback advertise address fails Endpoints validation.
-                "--endpoint-reconciler-type=none",
+                "--enable-admission-plugins=NodeRestriction",
                 "--allow-privileged=true",
-                # `kubectl logs` goes through the node agent's kubelet API on the node IP.
+                # `kubectl logs/exec` go through the kubelet's API on the node IP.
                 f"--kubelet-client-certificate={pki / 'apiserver-kubelet-client.crt'}",
                 f"--kubelet-client-key={pki / 'apiserver-kubelet-client.key'}",
                 f"--kubelet-certificate-authority={pki / 'ca.crt'}",
@@ -362,14 +372,8 @@ class DevCluster:
                 f"--cluster-signing-key-file={pki / 'ca.key'}",
                 f"--service-cluster-ip-range={cfg.service_cidr}",
             ]
-        if component == "node-agent":
-            return [
-                sys.executable,
-                "-m",
-                "akidb_embed.devcluster.agent",
-                "--state-dir",
-                str(self.state_dir),
-            ]
+        if component in node.COMPONENTS:
+            return node.argv(component, self.node_paths, cfg.node_name, kc)
         raise ValueError(component)
 
     def _component_port(self, component: str, cfg: ClusterConfig) -> int | None:
@@ -400,7 +404,7 @@ class DevCluster:
                 "`akidb-embed cluster down --purge` and bring up a fresh one."
             )
         argv = self._argv(component, cfg)
-        env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
+        env = node.component_env()
         pid = procs.spawn_detached(argv, self.log_path(component), env, self.state_dir)
         procs.PidRecord.of(pid, argv[0]).save(self.pid_path(component))
         progress(f"  started {component} (pid {pid})")
@@ -462,17 +466,81 @@ class DevCluster:
         return ready and not stale
 
     # -- public API -------------------------------------------------------------------------
+    def _cluster_alive(self, state_dir: Path) -> bool:
+        """Does any component recorded in `state_dir` still run (the machine lock's test)?"""
+        other = DevCluster(state_dir)
+        return any(other._running(c) for c in COMPONENTS)
+
+    def _kubectl(self, *args: str, input: str | None = None) -> str:
+        proc = subprocess.run(
+            [str(build.kubectl_path()), f"--kubeconfig={self.kubeconfig}", *args],
+            input=input,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        if proc.returncode != 0:
+            raise ClusterError(f"kubectl {' '.join(args[:2])} failed: {proc.stderr.strip()}")
+        return proc.stdout
+
+    def _write_credentials(self, cfg: ClusterConfig) -> None:
+        from akidb_embed.devcluster import pki
+
+        pki.ensure_pki(
+            self.pki_dir,
+            ["127.0.0.1", node.HOST_IP, KUBERNETES_SERVICE_IP],
+            [node.NODE_IP],
+            node_name=cfg.node_name,
+        )
+        self._write_kubeconfig(self.kubeconfig, cfg, "admin")
+        for who in ("controller-manager", "scheduler", "node", "kube-proxy", "kube-router"):
+            self._write_kubeconfig(self.kubeconfig_dir / f"{who}.kubeconfig", cfg, who)
+
+    def _node_healthy(self) -> bool:
+        return node.netns_exists() and all(self._running(c) for c in node.COMPONENTS)
+
+    def _holds_node(self) -> bool:
+        owner = node.lock_owner()
+        return owner is None or owner.resolve() == self.state_dir.resolve()
+
+    def _stop_node(self, progress: Progress) -> None:
+        """Stop the node's components and remove everything the node made (only what is
+        this folder's when another cluster holds the machine's node now)."""
+        for component in ("kube-router", "kube-proxy", "kubelet"):
+            self._stop(component, progress)
+        if self._running("containerd"):
+            node.remove_pods(self.node_paths, progress)
+        self._stop("containerd", progress)
+        node.cleanup(self.node_paths, progress, machine_wide=self._holds_node())
+
+    def _stop_control_plane(self, progress: Progress) -> None:
+        for component in reversed(CONTROL_PLANE):
+            self._stop(component, progress)
+
+    def _stop(self, component: str, progress: Progress) -> None:
+        rec = self._record(component)
+        if rec is not None and procs.stop(rec, grace_s=10):
+            progress(f"  stopped {component} (pid {rec.pid})")
+        self.pid_path(component).unlink(missing_ok=True)
+
     def up(self, progress: Progress = _stderr, timeout_s: float = 240.0) -> ClusterStatus:
         """Bring the cluster up (building binaries if needed); reuse what is running."""
         started = time.monotonic()
+        node.check_machine()
         cfg = self._ensure_config()
         build.ensure_binaries(cfg.kube_version, progress=progress)
-        from akidb_embed.devcluster import pki
-
-        pki.ensure_pki(self.pki_dir, ["127.0.0.1", KUBERNETES_SERVICE_IP], [cfg.node_ip])
-        self._write_kubeconfig(self.kubeconfig, cfg, "admin")
-        for who in ("controller-manager", "scheduler"):
-            self._write_kubeconfig(self.state_dir / "kubeconfig" / f"{who}.kubeconfig", cfg, who)
+        build.ensure_node_binaries(cfg.kube_version, progress=progress)
+        previous = node.lock_owner()
+        node.take_lock(self.state_dir, self._cluster_alive)
+        if previous is not None and previous.resolve() != self.state_dir.resolve():
+            # Leftovers of a cluster that died without `down` (its names are ours now).
+            node.cleanup(node.NodePaths(previous), progress)
+        if not self._node_healthy():
+            # Level-triggered repair: a half-dead node (kill -9, reboot) is rebuilt whole.
+            self._stop_node(progress)
+        node.ensure_network()
+        node.ensure_cgroup_root()
+        self._write_credentials(cfg)
 
         progress(f"bringing up the local cluster in {self.state_dir} ...")
         self._start("etcd", cfg, progress)
@@ -484,10 +552,31 @@ class DevCluster:
             lambda: self.api_get("/readyz")[0] == 200,
             timeout_s,
         )
-        for component in ("kube-controller-manager", "kube-scheduler", "node-agent"):
+        self._kubectl("apply", "-f", "-", input=BOOTSTRAP_RBAC)
+        for component in ("kube-controller-manager", "kube-scheduler"):
+            self._start(component, cfg, progress)
+
+        node.write_configs(self.node_paths, cfg.node_name, self.pki_dir, self.kubeconfig_dir)
+        self._start("containerd", cfg, progress)
+        self._wait(
+            "containerd's socket",
+            "containerd",
+            lambda: node.ctr(self.node_paths, "version", check=False).returncode == 0,
+            60,
+        )
+        node.import_local_images(self.node_paths)
+        for component in ("kubelet", "kube-proxy"):
             self._start(component, cfg, progress)
         self._wait(
-            f"node {cfg.node_name} to be Ready", "node-agent", lambda: bool(self.node_ready()), 90
+            f"node {cfg.node_name} to be Ready", "kubelet", lambda: bool(self.node_ready()), 120
+        )
+        # kube-router looks its node up once at start: only after the kubelet registered it.
+        self._start("kube-router", cfg, progress)
+        self._wait("kube-router's firewall", "kube-router", node.firewall_ready, 60)
+        # What a Jetson's device plugin would advertise (admin-patched, kept by the kubelet).
+        capacity = json.dumps({"status": {"capacity": node.NODE_EXTENDED_RESOURCES}})
+        self._kubectl(
+            "patch", "node", cfg.node_name, "--subresource=status", "--type=merge", "-p", capacity
         )
         # Pods need the namespace's default ServiceAccount (made by the controller-manager).
         self._wait(
@@ -501,17 +590,14 @@ class DevCluster:
         return self.status()
 
     def down(self, progress: Progress = _stderr, purge: bool = False) -> None:
-        """Stop every process this cluster started (pod processes included)."""
-        for component in reversed(COMPONENTS):
-            rec = self._record(component)
-            if rec is not None and procs.stop(rec, grace_s=20 if component == "node-agent" else 10):
-                progress(f"  stopped {component} (pid {rec.pid})")
-            self.pid_path(component).unlink(missing_ok=True)
-        # Pod processes the agent could not stop (e.g. it was killed with SIGKILL).
-        from akidb_embed.devcluster.agent_state import stop_recorded_pod_processes
-
-        for line in stop_recorded_pod_processes(self.agent_dir):
-            progress(f"  {line}")
+        """Stop every process this cluster started and remove what its node made."""
+        if os.geteuid() == 0:
+            self._stop_node(progress)
+            node.release_lock(self.state_dir)
+        else:
+            for component in reversed(node.COMPONENTS):
+                self._stop(component, progress)
+        self._stop_control_plane(progress)
         if purge and self.state_dir.exists():
             shutil.rmtree(self.state_dir)
             progress(f"  removed {self.state_dir}")

@@ -1,7 +1,8 @@
 """Certificates and keys for the local control plane (python `cryptography`).
 
-One self-signed CA signs the API server's serving certificate and every client
-certificate (admin, controller-manager, scheduler). The service-account key pair signs
+One self-signed CA signs the API server's and the kubelet's serving certificates and
+every client certificate (admin, controllers, the node's kubelet, kube-proxy and
+kube-router, the API server as the kubelet's client). The service-account key pair signs
 and verifies ServiceAccount tokens. Existing files are kept, so a restart keeps trust.
 """
 
@@ -24,8 +25,12 @@ CLIENTS: dict[str, tuple[str, list[str]]] = {
     "admin": ("kubernetes-admin", ["system:masters"]),
     "controller-manager": ("system:kube-controller-manager", []),
     "scheduler": ("system:kube-scheduler", []),
-    # The API server calling the node agent's kubelet API (`kubectl logs`).
+    # The API server calling the kubelet's API (`kubectl logs/exec`).
     "apiserver-kubelet-client": ("kube-apiserver-kubelet-client", []),
+    # Bound to system:node-proxier by Kubernetes' bootstrap policy.
+    "kube-proxy": ("system:kube-proxy", []),
+    # Bound to a ClusterRole by the cluster's bootstrap RBAC (cluster.BOOTSTRAP_RBAC).
+    "kube-router": ("akidb:kube-router", []),
 }
 
 SERVING_DNS_NAMES = (
@@ -116,8 +121,28 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key: object) -> x509.
     )
 
 
-def ensure_pki(pki_dir: Path, serving_ips: list[str], node_ips: list[str] | None = None) -> Pki:
-    """Create whatever of the CA, serving/client certificates and SA keys is missing."""
+def _has_ips(cert_path: Path, ips: list[str]) -> bool:
+    """Does the certificate name every one of `ips` (a new address means a new cert)?"""
+    cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return not ips
+    have = {str(ip) for ip in san.get_values_for_type(x509.IPAddress)}
+    return set(ips) <= have
+
+
+def ensure_pki(
+    pki_dir: Path,
+    serving_ips: list[str],
+    node_ips: list[str] | None = None,
+    node_name: str = "jetson-thor-0",
+) -> Pki:
+    """Create whatever of the CA, serving/client certificates and SA keys is missing.
+
+    The node's own credential is `node.crt` (system:node:<node_name> in system:nodes),
+    which the Node authorizer and NodeRestriction admission recognise.
+    """
     pki = Pki(pki_dir)
     pki_dir.mkdir(parents=True, exist_ok=True)
     pki_dir.chmod(0o700)
@@ -162,7 +187,7 @@ def ensure_pki(pki_dir: Path, serving_ips: list[str], node_ips: list[str] | None
         ips: list[str] | None = None,
         dns: tuple[str, ...] = SERVING_DNS_NAMES,
     ) -> None:
-        if cert_path.exists() and key_path.exists():
+        if cert_path.exists() and key_path.exists() and _has_ips(cert_path, ips or []):
             return
         key = ec.generate_private_key(ec.SECP256R1())
         usage = ExtendedKeyUsageOID.SERVER_AUTH if server else ExtendedKeyUsageOID.CLIENT_AUTH
@@ -181,8 +206,9 @@ def ensure_pki(pki_dir: Path, serving_ips: list[str], node_ips: list[str] | None
 
     issue(pki.serving_cert, pki.serving_key, _name("kube-apiserver"), True, serving_ips)
     if node_ips:
-        issue(pki.kubelet_cert, pki.kubelet_key, _name("local-node-agent"), True, node_ips, ())
-    for who, (cn, orgs) in CLIENTS.items():
+        issue(pki.kubelet_cert, pki.kubelet_key, _name(node_name), True, node_ips, (node_name,))
+    clients = {**CLIENTS, "node": (f"system:node:{node_name}", ["system:nodes"])}
+    for who, (cn, orgs) in clients.items():
         issue(pki.client_cert(who), pki.client_key(who), _name(cn, orgs), server=False)
 
     if not (pki.sa_key.exists() and pki.sa_pub.exists()):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import tempfile
 import time
 from collections.abc import Sequence
@@ -30,6 +31,15 @@ from akidb_embed.artifact import (
 from akidb_embed.model_server.pooling import POOLING_MODES, pool
 
 log = logging.getLogger("akidb_embed.model_server")
+
+TRT_CACHE_ENV = "AKIDB_TRT_CACHE_DIR"
+
+
+def _copy_new(src: str, dst: str) -> None:
+    """copytree's copier that keeps engines already in the writable cache."""
+    if not os.path.exists(dst):
+        shutil.copy2(src, dst)
+
 
 PROVIDER_ALIASES: dict[str, str] = {
     "tensorrt": "TensorrtExecutionProvider",
@@ -246,9 +256,14 @@ class Engine:
         self.output_name = self.manifest.output
 
     def _trt_options(self, max_batch_size: int) -> dict[str, Any]:
-        cache = self.artifact_dir / "trt-cache"
+        built = self.artifact_dir / "trt-cache"
+        # In a cluster the store is read-only: the operator mounts a writable cache for
+        # this artifact ($AKIDB_TRT_CACHE_DIR); engines the converter built are seeded in.
+        cache = Path(os.environ.get(TRT_CACHE_ENV) or built)
         try:
-            cache.mkdir(exist_ok=True)
+            cache.mkdir(parents=True, exist_ok=True)
+            if cache != built and built.is_dir():
+                shutil.copytree(built, cache, dirs_exist_ok=True, copy_function=_copy_new)
             if not os.access(cache, os.W_OK):
                 raise OSError("not writable")
         except OSError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import posixpath
 from dataclasses import dataclass, field
 
 from akidb_embed import k8s
@@ -11,7 +12,12 @@ from akidb_embed.operator.placement import Limits
 from akidb_embed.units import memory_bytes, parse_duration
 
 DEFAULT_HF_CACHE = "/var/lib/akidb/hf-cache"
+# Where spec.source.path may point: an admin-chosen folder on the node, nothing else.
+DEFAULT_SOURCE_ROOT = "/var/lib/akidb/sources"
+# Writable TensorRT engine caches, one folder per artifact key (the store is read-only).
+DEFAULT_TRT_CACHE = "/var/lib/akidb/trt-cache"
 DEFAULT_IMAGE = "ghcr.io/akidb/akidb-embed-server:0.1.0"
+DEFAULT_CONVERTER_IMAGE = "ghcr.io/akidb/akidb-embed-converter:0.1.0"
 DEFAULT_PEERING = "akidb-operator"
 
 
@@ -34,11 +40,14 @@ class OperatorConfig:
     min_residency: float = 30.0
     model_store: str = k8s.DEFAULT_MODEL_STORE
     hf_cache: str = DEFAULT_HF_CACHE
+    source_root: str = DEFAULT_SOURCE_ROOT
+    trt_cache: str = DEFAULT_TRT_CACHE
     node_selector: dict[str, str] = field(
         default_factory=lambda: {k8s.NODE_LABEL_ACCELERATOR: k8s.NODE_ACCELERATOR_VALUE}
     )
     server_image: str = DEFAULT_IMAGE
-    converter_image: str = DEFAULT_IMAGE
+    converter_image: str = DEFAULT_CONVERTER_IMAGE
+    image_pull_policy: str = "IfNotPresent"
     hf_offline: bool = False
     tick: float = 5.0  # seconds between idle-timeout checks
     peering: str = DEFAULT_PEERING
@@ -86,12 +95,32 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add("--model-store", default=_env("MODEL_STORE", d.model_store), help="artifact store")
     add("--hf-cache", default=_env("HF_CACHE", d.hf_cache), help="Hugging Face cache on node")
     add(
+        "--source-root",
+        default=_env("SOURCE_ROOT", d.source_root),
+        help="node folder that spec.source.path must lie in (mounted read-only)",
+    )
+    add(
+        "--trt-cache",
+        default=_env("TRT_CACHE", d.trt_cache),
+        help="node folder for TensorRT engine caches, one per artifact (writable)",
+    )
+    add(
         "--node-selector",
         default=_env("NODE_SELECTOR", f"{k8s.NODE_LABEL_ACCELERATOR}={k8s.NODE_ACCELERATOR_VALUE}"),
         help="node selector of model and conversion pods (key=value[,key=value])",
     )
     add("--server-image", default=_env("SERVER_IMAGE", d.server_image))
-    add("--converter-image", default=_env("CONVERTER_IMAGE", d.converter_image))
+    add(
+        "--converter-image",
+        default=_env("CONVERTER_IMAGE", d.converter_image),
+        help="image of conversion Jobs (torch, transformers, onnx: the convert extra)",
+    )
+    add(
+        "--image-pull-policy",
+        choices=("Always", "IfNotPresent", "Never"),
+        default=_env("IMAGE_PULL_POLICY", d.image_pull_policy),
+        help="imagePullPolicy of model and conversion pods (Never for node-local images)",
+    )
     add(
         "--hf-offline",
         action=argparse.BooleanOptionalAction,
@@ -121,6 +150,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _clean_root(path: str) -> str:
+    root = posixpath.normpath(path)
+    if not posixpath.isabs(root) or root == "/":
+        raise ValueError(f"--source-root must be an absolute folder other than /, not {path!r}")
+    return root
+
+
 def from_args(args: argparse.Namespace) -> OperatorConfig:
     budget_text = str(args.memory_budget).strip().lower()
     return OperatorConfig(
@@ -132,9 +168,12 @@ def from_args(args: argparse.Namespace) -> OperatorConfig:
         min_residency=parse_duration(args.min_residency),
         model_store=args.model_store.rstrip("/") or "/",
         hf_cache=args.hf_cache,
+        source_root=_clean_root(args.source_root),
+        trt_cache=args.trt_cache.rstrip("/") or "/",
         node_selector=parse_selector(args.node_selector),
         server_image=args.server_image,
         converter_image=args.converter_image,
+        image_pull_policy=args.image_pull_policy,
         hf_offline=args.hf_offline,
         tick=parse_duration(args.tick),
         peering=args.peering,

@@ -449,9 +449,13 @@ class Operator:
             else:
                 # A new artifact: no pod may run the old one meanwhile.
                 await self.ensure_deployment(body, 0)
-                job = objects.conversion_job(body, self.config)
-                created = await self._create_job(job)
-                if created or objects.phase_of(body) != CONVERTING:
+                try:
+                    job = objects.conversion_job(body, self.config)
+                except objects.SourceRefused as exc:
+                    await self._refuse_source(body, str(exc), stamp)
+                    job = None
+                created = job is not None and await self._create_job(job)
+                if job is not None and (created or objects.phase_of(body) != CONVERTING):
                     key = objects.model_key(body["spec"])
                     message = f"converting {objects.source_of(body['spec']).location} ({key})"
                     await self.patch_status(
@@ -481,6 +485,30 @@ class Operator:
                         )
             log.debug("ensured %s", name)
         await self.reconcile(models, pods)
+
+    async def _refuse_source(self, body: Body, message: str, stamp: str) -> None:
+        """A source path outside --source-root: Failed with a condition and an Event, once."""
+        status = body.get("status") or {}
+        gen = body["metadata"].get("generation")
+        if status.get("reason") == "SourceRefused" and status.get("observedGeneration") == gen:
+            return
+        await self.patch_status(
+            body,
+            {
+                "phase": FAILED,
+                "reason": "SourceRefused",
+                "message": message,
+                "observedGeneration": gen,
+                "conditions": objects.merge_conditions(
+                    status.get("conditions"),
+                    objects.condition(
+                        objects.CONVERTED, False, "SourceRefused", message, stamp, gen
+                    ),
+                    objects.condition(objects.READY, False, "SourceRefused", message, stamp, gen),
+                ),
+            },
+        )
+        _event(body, type="Warning", reason="SourceRefused", message=message)
 
     async def _create_job(self, job: Body) -> bool:
         try:

@@ -6,6 +6,7 @@ to the API server as they are; tests compare them as data.
 
 from __future__ import annotations
 
+import posixpath
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -23,6 +24,16 @@ LABEL_ARTIFACT_KEY = f"{k8s.GROUP}/artifact-key"
 DEFAULT_REVISION = "main"
 MODEL_VOLUME = "models"
 HF_CACHE_VOLUME = "hf-cache"
+SOURCE_VOLUME = "source"
+SCRATCH_VOLUME = "tmp"
+TRT_CACHE_VOLUME = "trt-cache"
+# Fixed paths inside the pods (the node paths come from the operator's config).
+SOURCE_MOUNT = "/var/run/akidb/source"
+SCRATCH_MOUNT = "/tmp"
+TRT_CACHE_MOUNT = "/var/cache/akidb/trt-cache"
+TRT_CACHE_ENV = "AKIDB_TRT_CACHE_DIR"
+# The images' user (Dockerfile.*): node folders the pods write must belong to it.
+APP_UID = 10001
 DEFAULT_PROVIDERS = ("TensorRT", "CUDA", "CPU")
 # Kubernetes object names used as label values must fit in 63 characters.
 _MAX_NAME = 63
@@ -31,6 +42,10 @@ _MAX_NAME = 63
 CONVERTED = "Converted"
 READY = "Ready"
 CAPACITY_EXHAUSTED = "CapacityExhausted"
+
+
+class SourceRefused(ValueError):
+    """spec.source.path lies outside the operator's --source-root: never mounted."""
 
 
 @dataclass(frozen=True)
@@ -49,6 +64,27 @@ def source_of(spec: Body) -> Source:
     if src.get("path"):
         return Source(src["path"], DEFAULT_REVISION, False)
     raise ValueError("spec.source needs repo or path")
+
+
+def source_host_path(config: OperatorConfig, path: str) -> str:
+    """The node folder of a spec.source.path, which must lie inside config.source_root.
+
+    Checked on the text (the operator has no view of the node): absolute, no '..'
+    segment, strictly below the root. What the root holds is the admin's to keep safe.
+    """
+    root = config.source_root
+    if not path.startswith("/") or ".." in path.split("/"):
+        raise SourceRefused(
+            f"spec.source.path {path!r} must be an absolute path without '..' inside "
+            f"the source root {root}"
+        )
+    host = posixpath.normpath(path)
+    if host == root or posixpath.commonpath([root, host]) != root:
+        raise SourceRefused(
+            f"spec.source.path {path!r} is outside the source root {root}: the operator "
+            f"mounts only checkpoints below {root}/ (operator flag --source-root)"
+        )
+    return host
 
 
 def precision_of(spec: Body) -> str:
@@ -104,6 +140,44 @@ def _env_list(config: OperatorConfig, **extra: str) -> list[dict[str, Any]]:
     return [{"name": k, "value": v} for k, v in sorted(merged.items())]
 
 
+def pod_security_context() -> dict[str, Any]:
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+def container_security_context() -> dict[str, Any]:
+    """Non-root, no privileges, read-only root: scratch goes to the /tmp emptyDir."""
+    return {
+        "runAsNonRoot": True,
+        "runAsUser": APP_UID,
+        "runAsGroup": APP_UID,
+        "allowPrivilegeEscalation": False,
+        "readOnlyRootFilesystem": True,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+
+
+# HOME and caches of torch, triton, Hugging Face helpers: the writable scratch folder.
+SCRATCH_ENV = {"HOME": SCRATCH_MOUNT, "TMPDIR": SCRATCH_MOUNT, "XDG_CACHE_HOME": "/tmp/.cache"}
+
+
+def _scratch_volume(size: str) -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "emptyDir": {"sizeLimit": size}}
+
+
+def _scratch_mount() -> dict[str, Any]:
+    return {"name": SCRATCH_VOLUME, "mountPath": SCRATCH_MOUNT}
+
+
+def uses_tensorrt(spec: Body) -> bool:
+    return "TensorRT" in (spec.get("executionProviders") or DEFAULT_PROVIDERS)
+
+
 def _store_volume(config: OperatorConfig) -> dict[str, Any]:
     return {
         "name": MODEL_VOLUME,
@@ -148,13 +222,32 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
     name = body["metadata"]["name"]
     labels = model_labels(name)
     probe_port = k8s.MODEL_SERVER_PORT_NAME
+    spec = body["spec"]
+    env = dict(SCRATCH_ENV)
+    mounts: list[dict[str, Any]] = [
+        {"name": MODEL_VOLUME, "mountPath": config.model_store, "readOnly": True},
+        _scratch_mount(),
+    ]
+    volumes: list[dict[str, Any]] = [_store_volume(config), _scratch_volume("1Gi")]
+    if uses_tensorrt(spec):
+        # The store is read-only here: engines are built (or copied from the
+        # converter's warm ones) into this artifact's folder of the node's TRT cache.
+        env[TRT_CACHE_ENV] = f"{TRT_CACHE_MOUNT}/{model_key(spec)}"
+        mounts.append({"name": TRT_CACHE_VOLUME, "mountPath": TRT_CACHE_MOUNT})
+        volumes.append(
+            {
+                "name": TRT_CACHE_VOLUME,
+                "hostPath": {"path": config.trt_cache, "type": "DirectoryOrCreate"},
+            }
+        )
     container = {
         "name": "server",
         "image": config.server_image,
+        "imagePullPolicy": config.image_pull_policy,
         "command": server_command(body, config),
         "env": [
             {"name": "POD_IP", "valueFrom": {"fieldRef": {"fieldPath": "status.podIP"}}},
-            *_env_list(config),
+            *_env_list(config, **env),
         ],
         "ports": [
             {
@@ -177,9 +270,9 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
             "timeoutSeconds": 2,
             "failureThreshold": 6,
         },
-        "resources": _resources(body["spec"]),
-        "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": config.model_store, "readOnly": True}],
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "resources": _resources(spec),
+        "volumeMounts": mounts,
+        "securityContext": container_security_context(),
     }
     return {
         "apiVersion": "apps/v1",
@@ -203,8 +296,9 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
                     "terminationGracePeriodSeconds": 30,
                     "enableServiceLinks": False,
                     "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
                     "containers": [container],
-                    "volumes": [_store_volume(config)],
+                    "volumes": volumes,
                 },
             },
         },
@@ -214,10 +308,12 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
 def convert_command(body: Body, config: OperatorConfig) -> list[str]:
     spec = body["spec"]
     src = source_of(spec)
+    if not src.is_repo:
+        source_host_path(config, src.location)  # refuses a path outside the root
     command = [
         "akidb-embed",
         "convert",
-        src.location,
+        src.location if src.is_repo else SOURCE_MOUNT,
         artifact_path(config, model_key(spec)),
         "--name",
         body["metadata"]["name"],
@@ -239,7 +335,7 @@ def convert_command(body: Body, config: OperatorConfig) -> list[str]:
             "--matryoshka-dimensions",
             ",".join(str(d) for d in spec["matryoshkaDimensions"]),
         ]
-    if "TensorRT" in (spec.get("executionProviders") or DEFAULT_PROVIDERS):
+    if uses_tensorrt(spec):
         command.append("--warm-tensorrt")
     return command
 
@@ -255,12 +351,13 @@ def conversion_job(body: Body, config: OperatorConfig) -> Body:
         k8s.LABEL_MODEL: name,
         LABEL_ARTIFACT_KEY: key,
     }
-    env = {"HF_HOME": config.hf_cache}
+    env = {**SCRATCH_ENV, "HF_HOME": config.hf_cache}
     if config.hf_offline:
         env["HF_HUB_OFFLINE"] = "1"
     mounts: list[dict[str, Any]] = [
         {"name": MODEL_VOLUME, "mountPath": config.model_store},
         {"name": HF_CACHE_VOLUME, "mountPath": config.hf_cache},
+        _scratch_mount(),
     ]
     src = source_of(body["spec"])
     volumes = [
@@ -269,11 +366,13 @@ def conversion_job(body: Body, config: OperatorConfig) -> Body:
             "name": HF_CACHE_VOLUME,
             "hostPath": {"path": config.hf_cache, "type": "DirectoryOrCreate"},
         },
+        _scratch_volume("8Gi"),
     ]
     if not src.is_repo:
-        # A checkpoint on the node: mount it read-only at the same path.
-        mounts.append({"name": "source", "mountPath": src.location, "readOnly": True})
-        volumes.append({"name": "source", "hostPath": {"path": src.location}})
+        # A checkpoint below the source root: read-only at a fixed path, never elsewhere.
+        host = source_host_path(config, src.location)
+        mounts.append({"name": SOURCE_VOLUME, "mountPath": SOURCE_MOUNT, "readOnly": True})
+        volumes.append({"name": SOURCE_VOLUME, "hostPath": {"path": host, "type": "Directory"}})
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -295,15 +394,18 @@ def conversion_job(body: Body, config: OperatorConfig) -> Body:
                     "nodeSelector": dict(config.node_selector),
                     "enableServiceLinks": False,
                     "automountServiceAccountToken": False,
+                    "securityContext": pod_security_context(),
                     "containers": [
                         {
                             "name": "convert",
                             "image": config.converter_image,
+                            "imagePullPolicy": config.image_pull_policy,
                             "command": convert_command(body, config),
                             "env": _env_list(config, **env),
                             "resources": {"requests": {"memory": config.convert_memory}},
                             "terminationMessagePolicy": "FallbackToLogsOnError",
                             "volumeMounts": mounts,
+                            "securityContext": container_security_context(),
                         }
                     ],
                     "volumes": volumes,

@@ -2,60 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
+import gzip
+import hashlib
+import io
 import json
-import socket
 import subprocess
 import sys
+import tarfile
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from akidb_embed.cli import build_parser
-from akidb_embed.devcluster import agent_state, build, cluster, pki, podspec, procs, proxy
-
-
-def test_expand_follows_kubelet_rules() -> None:
-    env = {"POD_IP": "127.77.0.5", "PORT": "8080"}
-    assert podspec.expand("--host=$(POD_IP):$(PORT)", env) == "--host=127.77.0.5:8080"
-    assert podspec.expand("$(MISSING)", env) == "$(MISSING)"
-    assert podspec.expand("$$(POD_IP)", env) == "$(POD_IP)"
-    assert podspec.expand("cost $5 $(", env) == "cost $5 $("
-    assert podspec.expand("$", env) == "$"
-
-
-def test_field_refs_and_named_ports() -> None:
-    pod = {
-        "metadata": {"name": "p", "namespace": "ns", "uid": "u", "labels": {"a.b/c": "x"}},
-        "spec": {
-            "nodeName": "n",
-            "containers": [{"name": "c", "ports": [{"name": "http", "containerPort": 8080}]}],
-        },
-    }
-    assert podspec.field_ref(pod, "metadata.name", "1.2.3.4", "h") == "p"
-    assert podspec.field_ref(pod, "status.podIP", "1.2.3.4", "h") == "1.2.3.4"
-    assert podspec.field_ref(pod, "spec.serviceAccountName", "", "") == "default"
-    assert podspec.field_ref(pod, "metadata.labels['a.b/c']", "", "") == "x"
-    with pytest.raises(KeyError):
-        podspec.field_ref(pod, "spec.bogus", "", "")
-    assert podspec.resolve_port(pod, None, "http") == 8080
-    assert podspec.resolve_port(pod, None, 9000) == 9000
-    with pytest.raises(KeyError):
-        podspec.resolve_port(pod, None, "grpc")
-
-
-def test_restart_policy_backoff_and_selectors() -> None:
-    assert podspec.should_restart("Always", 0)
-    assert podspec.should_restart("OnFailure", 1) and not podspec.should_restart("OnFailure", 0)
-    assert not podspec.should_restart("Never", 1)
-    delays = [podspec.backoff_delay(n, 10, 300) for n in range(8)]
-    assert delays == [0, 10, 20, 40, 80, 160, 300, 300]
-    assert podspec.selector_matches({"app": "web"}, {"app": "web", "x": "y"})
-    assert not podspec.selector_matches({"app": "web"}, {"app": "db"})
-    assert not podspec.selector_matches({}, {"app": "web"})
+from akidb_embed.devcluster import build, cluster, node, pki, procs
 
 
 def test_staging_modules_are_read_from_go_mod() -> None:
@@ -119,7 +82,7 @@ def test_pid_records_check_identity_and_stop_groups(tmp_path: Path) -> None:
         start_new_session=True,
     )
     record = procs.PidRecord.of(child.pid, "python")
-    path = agent_state.proc_record_path(tmp_path, "uid-1", "main")
+    path = tmp_path / "run" / "main.pid"
     record.save(path)
     assert procs.PidRecord.load(path) == record and record.alive()
     # Same pid, different start time: someone else's process, never signalled.
@@ -131,8 +94,7 @@ def test_pid_records_check_identity_and_stop_groups(tmp_path: Path) -> None:
         ["pgrep", "-g", str(child.pid)], capture_output=True, text=True
     ).stdout.split()
     assert len(group) == 2
-    done = agent_state.stop_recorded_pod_processes(tmp_path, grace_s=2)
-    assert len(done) == 1 and not path.exists()
+    assert procs.stop(record, grace_s=2)
     assert child.wait(timeout=5) is not None
     deadline = time.monotonic() + 5
     while subprocess.run(["pgrep", "-g", str(child.pid)], capture_output=True).stdout:
@@ -169,43 +131,115 @@ def test_cli_offers_cluster_commands(tmp_path: Path) -> None:
     assert out.returncode == 1 and "no cluster" in out.stderr
 
 
-def test_config_roundtrip_and_node_ip(tmp_path: Path) -> None:
-    cfg = cluster.ClusterConfig(pod_subnet="127.77.0.0/16", apiserver_port=6443)
+def test_config_roundtrip_and_node_addresses(tmp_path: Path) -> None:
+    cfg = cluster.ClusterConfig(apiserver_port=6443)
     cfg.save(tmp_path / "c.json")
     again = cluster.ClusterConfig.load(tmp_path / "c.json")
-    assert again == cfg and again.node_ip == "127.77.0.1"
-    assert again.server == "https://127.0.0.1:6443"
-    assert json.loads((tmp_path / "c.json").read_text())["pod_subnet"] == "127.77.0.0/16"
+    assert again == cfg and again.node_ip == "10.244.255.2"
+    # The API server is on the host end of the node's veth, so pods can reach it.
+    assert again.server == "https://10.244.255.1:6443"
+    assert json.loads((tmp_path / "c.json").read_text())["pod_subnet"] == "10.244.0.0/24"
 
 
-async def test_forwarder_skips_a_dead_backend_and_relays_both_ways() -> None:
-    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        writer.write(b"echo:" + await reader.readline())
-        await writer.drain()
-        writer.close()
+def test_node_credentials_and_serving_cert_follow_addresses(tmp_path: Path) -> None:
+    made = pki.ensure_pki(tmp_path / "pki", ["127.0.0.1"], ["10.244.255.2"], node_name="n1")
+    cert = x509.load_pem_x509_certificate(made.client_cert("node").read_bytes())
+    assert cert.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == "system:node:n1"
+    assert cert.subject.get_attributes_for_oid(NameOID.ORGANIZATION_NAME)[0].value == (
+        "system:nodes"
+    )
+    kubelet = x509.load_pem_x509_certificate(made.kubelet_cert.read_bytes())
+    sans = kubelet.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert [str(ip) for ip in sans.get_values_for_type(x509.IPAddress)] == ["10.244.255.2"]
+    before = made.serving_cert.read_bytes()
+    pki.ensure_pki(tmp_path / "pki", ["127.0.0.1"], ["10.244.255.2"], node_name="n1")
+    assert made.serving_cert.read_bytes() == before
+    # A new address (state from before the real node) gets a new serving certificate.
+    pki.ensure_pki(tmp_path / "pki", ["127.0.0.1", "10.244.255.1"], ["10.244.255.2"])
+    serving = x509.load_pem_x509_certificate(made.serving_cert.read_bytes())
+    sans = serving.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert {str(ip) for ip in sans.get_values_for_type(x509.IPAddress)} == {
+        "127.0.0.1",
+        "10.244.255.1",
+    }
 
-    live = await asyncio.start_server(echo, "127.0.0.1", 0)
-    live_port = live.sockets[0].getsockname()[1]
-    with socket.socket() as s:  # a port nobody listens on
-        s.bind(("127.0.0.1", 0))
-        dead_port = s.getsockname()[1]
-    backends = [("127.0.0.1", dead_port), ("127.0.0.1", live_port)]
-    fwd = proxy.Forwarder()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        listen_port = s.getsockname()[1]
-    key = ("127.0.0.1", listen_port)
-    await fwd.reconcile({key: ("test", lambda: list(backends))})
-    assert fwd.listening == [key]
-    for _ in range(4):  # backends are shuffled: the dead one is hit first some of the time
-        reader, writer = await asyncio.open_connection(*key)
-        writer.write(b"hi\n")
-        await writer.drain()
-        assert await asyncio.wait_for(reader.read(), 5) == b"echo:hi\n"
-        writer.close()
-    await fwd.reconcile({})
-    assert fwd.listening == []
-    with pytest.raises(OSError):
-        await asyncio.open_connection(*key)
-    await fwd.close()
-    live.close()
+
+def _oci_blobs(archive: Path) -> tuple[dict[str, Any], dict[str, bytes]]:
+    with tarfile.open(archive) as tar:
+        files = {m.name: tar.extractfile(m).read() for m in tar if m.isfile()}  # type: ignore[union-attr]
+    return json.loads(files["index.json"]), files
+
+
+def test_local_images_are_valid_byte_stable_oci_archives(tmp_path: Path) -> None:
+    first = node.build_toolbox_archive(tmp_path / "a" / "toolbox.oci.tar")
+    second = node.build_toolbox_archive(tmp_path / "b" / "toolbox.oci.tar")
+    # Same input, same bytes: re-importing an unchanged image changes nothing.
+    assert first.read_bytes() == second.read_bytes()
+    index, files = _oci_blobs(first)
+    [desc] = index["manifests"]
+    assert desc["annotations"]["io.containerd.image.name"] == node.TOOLBOX_IMAGE
+
+    def blob(d: dict[str, Any]) -> bytes:
+        data = files[f"blobs/sha256/{d['digest'].split(':')[1]}"]
+        assert hashlib.sha256(data).hexdigest() == d["digest"].split(":")[1]
+        assert len(data) == d["size"]
+        return data
+
+    manifest = json.loads(blob(desc))
+    config = json.loads(blob(manifest["config"]))
+    [layer_desc] = manifest["layers"]
+    layer = gzip.decompress(blob(layer_desc))
+    assert config["rootfs"]["diff_ids"] == ["sha256:" + hashlib.sha256(layer).hexdigest()]
+    with tarfile.open(fileobj=io.BytesIO(layer)) as tar:
+        names = {m.name: m for m in tar}
+    assert names["bin/sh"].issym() and names["bin/sh"].linkname == "busybox"
+    assert names["bin/busybox"].mode == 0o755
+
+
+def test_pause_image_is_a_static_program_that_exits_on_sigterm(tmp_path: Path) -> None:
+    archive = node.build_pause_archive(tmp_path / "pause.oci.tar")
+    binary = archive.with_suffix(".bin")
+    # Static (no PT_INTERP program header): it runs in an image that holds nothing else.
+    headers = subprocess.run(["readelf", "-lW", str(binary)], capture_output=True, text=True)
+    assert headers.returncode == 0 and "INTERP" not in headers.stdout
+    proc = subprocess.Popen([str(binary)])
+    time.sleep(0.2)
+    assert proc.poll() is None
+    proc.terminate()
+    assert proc.wait(timeout=5) == 0
+
+
+def test_machine_lock_refuses_a_live_owner_and_takes_over_a_dead_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(node, "MACHINE_LOCK", tmp_path / "run" / "node.json")
+    mine, other = tmp_path / "mine", tmp_path / "other"
+    node.take_lock(other, lambda d: True)
+    with pytest.raises(node.NodeError, match=f"used by the cluster in {other}"):
+        node.take_lock(mine, lambda d: True)
+    assert node.lock_owner() == other.resolve()
+    node.take_lock(mine, lambda d: False)  # the other cluster died without `down`
+    assert node.lock_owner() == mine.resolve()
+    node.release_lock(other)  # not the owner: no effect
+    assert node.lock_owner() == mine.resolve()
+    node.release_lock(mine)
+    assert node.lock_owner() is None
+
+
+def test_node_configs_carry_what_this_machine_needs(tmp_path: Path) -> None:
+    paths = node.NodePaths(tmp_path)
+    node.write_configs(paths, "jetson-thor-0", tmp_path / "pki", tmp_path / "kc")
+    kubelet = json.loads(paths.kubelet_config.read_text())
+    assert kubelet["failCgroupV1"] is False and kubelet["cgroupDriver"] == "cgroupfs"
+    assert kubelet["cgroupRoot"] == "/akidb-embed" and kubelet["readOnlyPort"] == 0
+    assert kubelet["authentication"]["anonymous"]["enabled"] is False
+    containerd = paths.containerd_config.read_text()
+    assert "restrict_oom_score_adj = true" in containerd
+    assert f'address = "{paths.containerd_socket}"' in containerd
+    assert str(tmp_path) in containerd.split("root = ")[1].splitlines()[0]
+    cni = json.loads((paths.cni_conf_dir / "10-akidb.conflist").read_text())
+    assert cni["plugins"][0]["ipMasq"] is False
+    router = node.argv("kube-router", paths, "jetson-thor-0", tmp_path / "kc")
+    assert "--run-firewall=true" in router and "--run-router=false" in router
+    assert "--run-service-proxy=false" in router
+    assert router[:2] == ["nsenter", f"--net=/run/netns/{node.NETNS}"]

@@ -20,7 +20,18 @@ from akidb_embed.units import (
     parse_quantity,
 )
 
-CONFIG = OperatorConfig(model_store="/store", hf_cache="/hf", pod_env={"EXTRA": "1"})
+CONFIG = OperatorConfig(
+    model_store="/store", hf_cache="/hf", source_root="/srv/sources", pod_env={"EXTRA": "1"}
+)
+SECURE_CONTAINER = {
+    "runAsNonRoot": True,
+    "runAsUser": 10001,
+    "runAsGroup": 10001,
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "capabilities": {"drop": ["ALL"]},
+    "seccompProfile": {"type": "RuntimeDefault"},
+}
 
 
 def body(**spec: object) -> dict:
@@ -103,10 +114,28 @@ def test_deployment_runs_the_server_on_the_node_with_labels_probes_and_owner() -
         "requests": {"memory": "768Mi", "cpu": "2"},
         "limits": {"memory": "768Mi"},
     }
-    assert c["volumeMounts"] == [{"name": "models", "mountPath": "/store", "readOnly": True}]
-    assert pod["spec"]["volumes"] == [
-        {"name": "models", "hostPath": {"path": "/store", "type": "DirectoryOrCreate"}}
+    # Read-only store and root file system: /tmp (an emptyDir) is the only scratch.
+    assert c["volumeMounts"] == [
+        {"name": "models", "mountPath": "/store", "readOnly": True},
+        {"name": "tmp", "mountPath": "/tmp"},
     ]
+    assert pod["spec"]["volumes"] == [
+        {"name": "models", "hostPath": {"path": "/store", "type": "DirectoryOrCreate"}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["HOME"] == "/tmp" and env["TMPDIR"] == "/tmp"
+    assert "AKIDB_TRT_CACHE_DIR" not in env  # no TensorRT in this spec: no engine cache
+    assert c["securityContext"] == SECURE_CONTAINER
+    assert pod["spec"]["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": 10001,
+        "runAsGroup": 10001,
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert pod["spec"]["automountServiceAccountToken"] is False
+    assert c["image"] == CONFIG.server_image
+    assert c["imagePullPolicy"] == "IfNotPresent"
     assert dep["metadata"]["ownerReferences"] == [
         {
             "apiVersion": "akidb.io/v1alpha1",
@@ -151,15 +180,26 @@ def test_conversion_job_for_a_repo() -> None:
         "--normalize",
     ]
     env = {e["name"]: e["value"] for e in c["env"]}
-    assert env == {"HF_HOME": "/var/lib/akidb/hf-cache", "HF_HUB_OFFLINE": "1"}
+    assert env == {
+        "HF_HOME": "/var/lib/akidb/hf-cache",
+        "HF_HUB_OFFLINE": "1",
+        "HOME": "/tmp",
+        "TMPDIR": "/tmp",
+        "XDG_CACHE_HOME": "/tmp/.cache",
+    }
     mounts = {m["name"]: m["mountPath"] for m in c["volumeMounts"]}
-    assert mounts == {"models": "/store", "hf-cache": "/var/lib/akidb/hf-cache"}
+    assert mounts == {"models": "/store", "hf-cache": "/var/lib/akidb/hf-cache", "tmp": "/tmp"}
     assert c["terminationMessagePolicy"] == "FallbackToLogsOnError"
+    # The converter image (torch, transformers, onnx), not the model-server image.
+    assert c["image"] == OperatorConfig().converter_image != OperatorConfig().server_image
+    assert c["securityContext"] == SECURE_CONTAINER
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["automountServiceAccountToken"] is False
 
 
 def test_conversion_job_for_a_path_mounts_it_and_warms_tensorrt() -> None:
     b = body(
-        source={"path": "/data/ckpt"},
+        source={"path": "/srv/sources/team/ckpt"},
         executionProviders=["TensorRT", "CPU"],
         matryoshkaDimensions=[128, 384],
         normalize=False,
@@ -167,14 +207,64 @@ def test_conversion_job_for_a_path_mounts_it_and_warms_tensorrt() -> None:
     job = objects.conversion_job(b, CONFIG)
     (c,) = job["spec"]["template"]["spec"]["containers"]
     assert "--revision" not in c["command"]
-    assert c["command"][2] == "/data/ckpt"
+    # Mounted read-only at a fixed path, whatever its node path.
+    assert c["command"][2] == objects.SOURCE_MOUNT
     assert c["command"][-4:] == [
         "--no-normalize",
         "--matryoshka-dimensions",
         "128,384",
         "--warm-tensorrt",
     ]
-    assert {"name": "source", "mountPath": "/data/ckpt", "readOnly": True} in c["volumeMounts"]
+    assert {"name": "source", "mountPath": objects.SOURCE_MOUNT, "readOnly": True} in c[
+        "volumeMounts"
+    ]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["source"]["hostPath"] == {"path": "/srv/sources/team/ckpt", "type": "Directory"}
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/",
+        "/etc",
+        "/var/lib/kubelet",
+        "/srv/sources",  # the root itself: every other checkpoint with it
+        "/srv/sources/../../etc",
+        "/srv/sources/a/../../x",
+        "/srv/sourcesX/ckpt",  # a sibling with the root as prefix
+        "/srv/sources/..",
+        "srv/sources/ckpt",
+    ],
+)
+def test_source_paths_outside_the_root_are_refused_and_never_mounted(path: str) -> None:
+    b = body(source={"path": path})
+    with pytest.raises(objects.SourceRefused, match="source root /srv/sources"):
+        objects.conversion_job(b, CONFIG)
+    with pytest.raises(objects.SourceRefused):
+        objects.convert_command(b, CONFIG)
+
+
+def test_source_paths_inside_the_root_are_normalised() -> None:
+    assert objects.source_host_path(CONFIG, "/srv/sources/./a//b/") == "/srv/sources/a/b"
+
+
+def test_tensorrt_models_get_a_writable_engine_cache_per_artifact() -> None:
+    from akidb_embed.model_server import engine
+
+    b = body(executionProviders=["TensorRT", "CPU"])
+    key = objects.model_key(b["spec"])
+    config = OperatorConfig(model_store="/store", trt_cache="/node/trt")
+    pod = objects.model_deployment(b, config, replicas=1)["spec"]["template"]["spec"]
+    (c,) = pod["containers"]
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    # The name the model server reads, and a folder of its own under the writable mount.
+    assert objects.TRT_CACHE_ENV == engine.TRT_CACHE_ENV
+    assert env[engine.TRT_CACHE_ENV] == f"{objects.TRT_CACHE_MOUNT}/{key}"
+    mounts = {m["name"]: m for m in c["volumeMounts"]}
+    assert mounts["trt-cache"] == {"name": "trt-cache", "mountPath": objects.TRT_CACHE_MOUNT}
+    assert mounts["models"]["readOnly"] is True
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert volumes["trt-cache"]["hostPath"]["path"] == "/node/trt"
 
 
 def test_long_names_fit_kubernetes_limits() -> None:
@@ -306,6 +396,17 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg.node_selector == {"a": "b", "c": "d"}
     assert cfg.limits.capacity == 5
     assert from_args(parser.parse_args(["--memory-budget", "none"])).memory_budget is None
+    assert cfg.source_root == "/var/lib/akidb/sources"
+    monkeypatch.setenv("AKIDB_SOURCE_ROOT", "/data/sources/")
+    monkeypatch.setenv("AKIDB_CONVERTER_IMAGE", "localhost/conv:1")
+    monkeypatch.setenv("AKIDB_IMAGE_PULL_POLICY", "Never")
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    cfg = from_args(parser.parse_args([]))
+    assert cfg.source_root == "/data/sources"
+    assert cfg.converter_image == "localhost/conv:1" and cfg.image_pull_policy == "Never"
+    with pytest.raises(ValueError, match="source-root"):
+        from_args(parser.parse_args(["--source-root", "/"]))
     with pytest.raises(ValueError):
         parse_selector("novalue")
 
