@@ -97,8 +97,9 @@ def pod_view(pod: Any) -> PodView:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-    # A pod that finished (Succeeded/Failed) no longer runs but still exists; it is
-    # counted like a terminating one until the ReplicaSet removes it.
+    # A pod that finished (Succeeded/Failed: node-pressure eviction, node shutdown) runs
+    # nothing but stays until someone deletes it (its ReplicaSet does not): the policy
+    # counts no slot for it and asks for its deletion.
     finished = status.get("phase") in ("Succeeded", "Failed")
     memory = 0
     for container in (pod.get("spec") or {}).get("containers") or []:
@@ -107,9 +108,10 @@ def pod_view(pod: Any) -> PodView:
     return PodView(
         name=meta["name"],
         model=(meta.get("labels") or {}).get(k8s.LABEL_MODEL, ""),
-        terminating=bool(meta.get("deletionTimestamp")) or finished,
+        terminating=bool(meta.get("deletionTimestamp")),
         ready=ready and not finished,
         memory=memory,
+        finished=finished,
     )
 
 
