@@ -14,6 +14,7 @@ from akidb_embed import k8s
 from akidb_embed.artifact import artifact_key
 from akidb_embed.catalog import FAMILIES
 from akidb_embed.operator.config import OperatorConfig
+from akidb_embed.operator.capacity import pod_resources
 from akidb_embed.operator.placement import PENDING, desired_replicas
 
 Body = dict[str, Any]
@@ -111,13 +112,20 @@ def _store_volume(config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def _resources(spec: Body) -> dict[str, Any]:
+def _resources(spec: Body, config: OperatorConfig) -> dict[str, Any]:
     wanted = spec.get("resources") or {}
-    requests: dict[str, str] = {"memory": str(wanted.get("memory", "512Mi"))}
+    memory = str(wanted.get("memory", "512Mi"))
+    requests: dict[str, str] = {"memory": memory}
     if wanted.get("cpu"):
         requests["cpu"] = str(wanted["cpu"])
+    # The node's model slots and memory budget, enforced by the scheduler (capacity.py);
+    # extended resources need limits = requests.
+    slots = pod_resources(memory, config.memory_budget)
     # Memory limit = request: the budget the placement counts is what the pod may use.
-    return {"requests": dict(requests), "limits": {"memory": requests["memory"]}}
+    return {
+        "requests": {**requests, **slots},
+        "limits": {"memory": memory, **slots},
+    }
 
 
 def server_command(body: Body, config: OperatorConfig) -> list[str]:
@@ -177,7 +185,7 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
             "timeoutSeconds": 2,
             "failureThreshold": 6,
         },
-        "resources": _resources(body["spec"]),
+        "resources": _resources(body["spec"], config),
         "volumeMounts": [{"name": MODEL_VOLUME, "mountPath": config.model_store, "readOnly": True}],
         "securityContext": {"allowPrivilegeEscalation": False},
     }

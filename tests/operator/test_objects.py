@@ -99,9 +99,11 @@ def test_deployment_runs_the_server_on_the_node_with_labels_probes_and_owner() -
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["readinessProbe"]["periodSeconds"] == 1
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # One model slot and the memory in MiB, as extended resources (limits = requests).
+    slots = {"akidb.io/model-slot": "1", "akidb.io/model-memory": "768"}
     assert c["resources"] == {
-        "requests": {"memory": "768Mi", "cpu": "2"},
-        "limits": {"memory": "768Mi"},
+        "requests": {"memory": "768Mi", "cpu": "2", **slots},
+        "limits": {"memory": "768Mi", **slots},
     }
     assert c["volumeMounts"] == [{"name": "models", "mountPath": "/store", "readOnly": True}]
     assert pod["spec"]["volumes"] == [
@@ -240,8 +242,9 @@ def test_pod_view_counts_terminating_and_finished_pods() -> None:
     pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     assert pod_view(pod).terminating
     del pod["metadata"]["deletionTimestamp"]
-    pod["status"]["phase"] = "Failed"
-    assert pod_view(pod).terminating and not pod_view(pod).ready
+    pod["status"]["phase"] = "Failed"  # node-pressure eviction: holds no slot, to delete
+    failed = pod_view(pod)
+    assert failed.finished and not failed.ready and not failed.terminating
 
 
 def test_write_overlay_bridges_until_the_watch_catches_up() -> None:
@@ -320,3 +323,21 @@ def test_peering_rule_matches_kopf() -> None:
     assert not peering_allows({"me": me, "new": {"priority": 200, **alive}}, "me", 100, now)
     assert not peering_allows({"me": me, "twin": {"priority": 100, **alive}}, "me", 100, now)
     assert peering_allows({"me": me, "gone": {"priority": 200, **dead}}, "me", 100, now)
+
+
+def test_node_advertises_slots_and_memory_and_pods_request_them() -> None:
+    from akidb_embed.operator.capacity import node_resources, node_status_patch, pod_resources
+
+    wanted = node_resources(3, 8 * 2**30)
+    assert wanted == {"akidb.io/model-slot": "3", "akidb.io/model-memory": "8192"}
+    assert node_resources(2, None) == {"akidb.io/model-slot": "2"}  # memory unlimited
+    assert pod_resources("1.5Gi", 8 * 2**30)["akidb.io/model-memory"] == "1536"
+    assert pod_resources("1000000", 8 * 2**30)["akidb.io/model-memory"] == "1"  # rounded up
+    assert pod_resources("1Gi", None) == {"akidb.io/model-slot": "1"}
+    node = {"status": {"capacity": {"cpu": "2"}, "allocatable": {"cpu": "2"}}}
+    patch = node_status_patch(node, wanted)
+    assert patch == {"status": {"capacity": wanted, "allocatable": wanted}}
+    advertised = {"status": {"capacity": {"cpu": "2", **wanted}, "allocatable": dict(wanted)}}
+    assert node_status_patch(advertised, wanted) is None
+    # A changed capacity is re-advertised.
+    assert node_status_patch(advertised, node_resources(4, 8 * 2**30)) is not None
