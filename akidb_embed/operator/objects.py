@@ -13,8 +13,8 @@ from typing import Any
 from akidb_embed import k8s
 from akidb_embed.artifact import artifact_key
 from akidb_embed.catalog import FAMILIES
-from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.capacity import pod_resources
+from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.placement import PENDING, desired_replicas
 
 Body = dict[str, Any]
@@ -388,3 +388,19 @@ def failure_reason(text: str, limit: int = 1500) -> str:
     errors = [line for line in lines if "error" in line.lower()]
     tail = "\n".join(errors[-3:] if errors else lines[-5:])
     return tail[-limit:]
+
+
+TEMPLATE_HASH = f"{k8s.GROUP}/template-hash"
+
+
+def with_template_hash(deployment: Body) -> Body:
+    """The Deployment annotated with a hash of its spec minus replicas, so the operator
+    can tell from its index that one is up to date without writing it again."""
+    import hashlib
+    import json
+
+    spec = {k: v for k, v in deployment["spec"].items() if k != "replicas"}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    meta = deployment["metadata"]
+    meta["annotations"] = {**(meta.get("annotations") or {}), TEMPLATE_HASH: digest}
+    return deployment

@@ -94,6 +94,7 @@ class PodView:
     ready: bool = False
     memory: int = 0  # used only for a pod whose EmbeddingModel no longer exists
     finished: bool = False  # phase Failed or Succeeded: runs nothing, holds no slot
+    uid: str = ""  # metadata.uid (a deletion's precondition)
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,7 @@ class DeletePod:
 
     model: str
     pod: str
+    uid: str = ""
 
 
 @dataclass(frozen=True)
@@ -251,7 +253,7 @@ def decide(
     finished: list[DeletePod] = []
     for pod in sorted(pods, key=lambda p: p.name):
         if pod.finished:
-            finished.append(DeletePod(pod.model, pod.name))
+            finished.append(DeletePod(pod.model, pod.name, pod.uid))
             continue
         if pod.model in by_name:
             pods_of[pod.model].append(pod)

@@ -12,7 +12,7 @@ from akidb_embed.artifact import artifact_key
 from akidb_embed.operator import objects
 from akidb_embed.operator.config import OperatorConfig, add_arguments, from_args, parse_selector
 from akidb_embed.operator.placement import ACTIVATING, EVICTING, READY, STANDBY
-from akidb_embed.operator.state import WriteOverlay, model_view, peering_allows, pod_view
+from akidb_embed.operator.state import WriteOverlay, model_view, pod_view
 from akidb_embed.units import (
     format_bytes,
     memory_bytes,
@@ -311,18 +311,6 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert from_args(parser.parse_args(["--memory-budget", "none"])).memory_budget is None
     with pytest.raises(ValueError):
         parse_selector("novalue")
-
-
-def test_peering_rule_matches_kopf() -> None:
-    now = 1735689600.0  # 2025-01-01T00:00:00Z
-    alive = {"lastseen": "2024-12-31T23:59:50Z", "lifetime": 30}
-    dead = {"lastseen": "2024-12-31T23:58:00Z", "lifetime": 30}
-    me = {"priority": 100, **alive}
-    assert peering_allows({"me": me}, "me", 100, now)
-    assert peering_allows({"me": me, "old": {"priority": 50, **alive}}, "me", 100, now)
-    assert not peering_allows({"me": me, "new": {"priority": 200, **alive}}, "me", 100, now)
-    assert not peering_allows({"me": me, "twin": {"priority": 100, **alive}}, "me", 100, now)
-    assert peering_allows({"me": me, "gone": {"priority": 200, **dead}}, "me", 100, now)
 
 
 def test_node_advertises_slots_and_memory_and_pods_request_them() -> None:
