@@ -718,12 +718,13 @@ def test_a_replaced_operator_acts_within_five_seconds(deployed: Deployed) -> Non
     started = time.time()
     deployed.kubectl("delete", "pod", old, "-n", NS, "--wait=false")
     deployed.demand("fo-a")
+
+    def activated() -> dict[str, Any] | None:
+        em = deployed.em("fo-a")
+        return em if (em.get("status") or {}).get("phase") in ("Activating", "Ready") else None
+
     em = deployed.cluster.wait_for(
-        lambda: (
-            (e := deployed.em("fo-a"))
-            if (e.get("status") or {}).get("phase") in ("Activating", "Ready")
-            else None
-        ),
+        activated,
         30,
         "the new operator to activate fo-a",
     )
