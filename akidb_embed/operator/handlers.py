@@ -118,6 +118,8 @@ class Operator:
         # The spec handler and the Job handler of one model never interleave.
         self.model_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
         self.first_decision_at: float | None = None  # epoch seconds (failover measurement)
+        self.started = time.monotonic()
+        self._resumed: set[str] | None = set()  # models the start-up pass has handled
 
     @property
     def w(self) -> Writer:
@@ -523,7 +525,19 @@ class Operator:
                             message=f"Started Job {job['metadata']['name']}: {message}",
                         )
             log.debug("ensured %s", name)
+        self._note_resumed(name, models)
         await self.reconcile(models, pods, deps)
+
+    def _note_resumed(self, name: str, models: kopf.Index) -> None:
+        """Log once when the spec handler has seen every model (the start-up pass)."""
+        if self._resumed is None:
+            return
+        self._resumed.add(name)
+        total = sum(len(store) for store in models.values())
+        if len(self._resumed) >= total:
+            took = time.monotonic() - self.started
+            log.info("start-up pass: %d models in %.2fs", total, took)
+            self._resumed = None
 
     async def _create_job(self, job: Body) -> bool:
         try:
