@@ -690,6 +690,10 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         settings.watching.reconnect_backoff = 0.5
         settings.networking.connect_timeout = config.api_connect_timeout
         settings.networking.request_timeout = config.api_connect_timeout + config.api_read_timeout
+        # No cluster-wide scanning of namespaces and CRDs: the operator has no RBAC for it,
+        # and kopf retries the forbidden listings for ~55 s before it falls back to the
+        # namespace it was given (a restarted operator stood still that long).
+        settings.scanning.disabled = True
         settings.posting.enabled = True
         settings.posting.level = logging.WARNING  # our own Events come from kopf.event()
         # One replica acts: the leader Lease is held before kopf starts (cli.py).
