@@ -118,7 +118,14 @@ def render_local_overlay(store: Path, hf_cache: Path, kubectl: Any) -> list[dict
     for doc in docs:
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "akidb-operator":
             env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
-            overrides = {"AKIDB_MODEL_STORE": str(store), "AKIDB_HF_CACHE": str(hf_cache)}
+            # Pods run as local processes of the node; PYTHONPATH makes them run this
+            # source tree (not whatever akidb_embed the shared environment installed).
+            overrides = {
+                "AKIDB_MODEL_STORE": str(store),
+                "AKIDB_HF_CACHE": str(hf_cache),
+                "PYTHONPATH": str(ROOT),
+                "AKIDB_POD_ENV": f"PYTHONPATH={ROOT}",
+            }
             for item in env:
                 if item["name"] in overrides:
                     item["value"] = overrides.pop(item["name"])
