@@ -684,7 +684,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # Timeouts on every request and watch: a half-open connection must not freeze a
         # watch (and with it the indexes) forever. The server ends each watch after
         # server_timeout; the client gives up client_timeout after a silent stream.
-        settings.watching.server_timeout = config.watch_timeout
+        settings.watching.server_timeout = int(config.watch_timeout)  # an integer query
         settings.watching.client_timeout = config.watch_timeout + 15
         settings.watching.connect_timeout = config.api_connect_timeout
         settings.watching.reconnect_backoff = 0.5
