@@ -43,7 +43,7 @@ class OperatorConfig:
     tick: float = 5.0  # seconds between idle-timeout checks
     demand_ttl: float = 60.0  # a requestedAt not re-marked for this long has expired
     lease: str = DEFAULT_LEASE  # the leader-election Lease (coordination.k8s.io)
-    lease_duration: float = 4.0
+    lease_duration: float = 3.0
     lease_renew: float = 1.0
     standalone: bool = False  # no leader election (one process, development only)
     # Client-side timeouts of every API call (connect, read) and each watch's length.
@@ -112,7 +112,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="a demand (status.requestedAt) not re-marked for this long expires (60s)",
     )
     add("--lease", default=_env("LEASE", d.lease), help="leader-election Lease name")
-    add("--lease-duration", default=_env("LEASE_DURATION", "4s"), help="Lease duration (4s)")
+    add("--lease-duration", default=_env("LEASE_DURATION", "3s"), help="Lease duration (3s)")
     add("--lease-renew", default=_env("LEASE_RENEW", "1s"), help="Lease renewal period (1s)")
     add(
         "--standalone",

@@ -85,9 +85,9 @@ class LeaderElector:
         name: str,
         identity: str,
         *,
-        duration: float = 4.0,
+        duration: float = 3.0,
         renew_every: float = 1.0,
-        renew_deadline: float = 3.0,
+        renew_deadline: float = 2.0,
         retry_every: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
