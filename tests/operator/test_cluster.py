@@ -195,12 +195,13 @@ def test_operator_runs_under_its_own_least_privilege_service_account(deployed: D
     assert proc.stdout.strip() == "no"  # ...but no pods cluster-wide
     # Cluster-wide only: read nodes and patch their status (the extended resources).
     for verb, resource, allowed in [
-        ("patch", "nodes/status", "yes"),
+        ("patch", "nodes --subresource=status", "yes"),
         ("list", "nodes", "yes"),
         ("patch", "nodes", "no"),
         ("delete", "nodes", "no"),
     ]:
-        proc = deployed.kubectl("auth", "can-i", verb, resource, "--as", sa, check=False)
+        args = ["auth", "can-i", verb, *resource.split(), "--as", sa]
+        proc = deployed.kubectl(*args, check=False)
         assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout)
 
 

@@ -133,16 +133,16 @@ class Traffic:
             await self.one(http, model)
 
 
-def _delete(deployed: Deployed, pod: str, force: bool) -> None:
+def _delete(stack: Deployed, pod: str, force: bool) -> None:
     args = ["delete", "pod", pod, "-n", NS, "--wait=false"]
     if force:
         args += ["--grace-period=0", "--force"]
-    deployed.kubectl(*args, check=False)
+    stack.kubectl(*args, check=False)
 
 
-def _restart_apiserver(deployed: Deployed) -> float:
+def _restart_apiserver(stack: Deployed) -> float:
     """Stop the API server process and bring it back (DevCluster.up starts what is missing)."""
-    dev = deployed.cluster.dev
+    dev = stack.cluster.dev
     record = dev._record("kube-apiserver")
     assert record is not None and record.alive()
     started = time.monotonic()
@@ -154,12 +154,12 @@ def _restart_apiserver(deployed: Deployed) -> float:
     return time.monotonic() - started
 
 
-def _failover(deployed: Deployed, old: str, since: float) -> float | None:
+def _failover(stack: Deployed, old: str, since: float) -> float | None:
     """Seconds from deleting leader `old` until another pod held the Lease."""
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:
-            holder = _lease_holder(deployed)
+            holder = _lease_holder(stack)
         except AssertionError:
             holder = ""
         if holder and holder != old:
@@ -168,7 +168,7 @@ def _failover(deployed: Deployed, old: str, since: float) -> float | None:
     return None
 
 
-def _faults(deployed: Deployed, rng: random.Random, log: list[dict[str, Any]]) -> None:
+def _faults(stack: Deployed, rng: random.Random, log: list[dict[str, Any]]) -> None:
     """One fault every FAULT_EVERY s for MIN_FAULT_SECONDS (the API server restart once)."""
     kinds = ["model-pod", "model-pod-forced", "operator", "operator-forced", "gateway"]
     plan = [rng.choice(kinds) for _ in range(int(MIN_FAULT_SECONDS / FAULT_EVERY))]
@@ -181,21 +181,21 @@ def _faults(deployed: Deployed, rng: random.Random, log: list[dict[str, Any]]) -
             if kind.startswith("model-pod"):
                 pods = [
                     p["metadata"]["name"]
-                    for p in deployed.model_pods()
+                    for p in stack.model_pods()
                     if not p["metadata"].get("deletionTimestamp")
                 ]
                 if pods:
                     entry["pod"] = rng.choice(pods)
-                    _delete(deployed, entry["pod"], kind.endswith("forced"))
+                    _delete(stack, entry["pod"], kind.endswith("forced"))
             elif kind.startswith("operator"):
-                old = _lease_holder(deployed)
+                old = _lease_holder(stack)
                 if old:
                     since = time.monotonic()
-                    _delete(deployed, old, kind.endswith("forced"))
+                    _delete(stack, old, kind.endswith("forced"))
                     entry["pod"] = old
-                    entry["failover_s"] = _failover(deployed, old, since)
+                    entry["failover_s"] = _failover(stack, old, since)
             elif kind == "gateway":
-                pods = deployed.cluster.get_json("pods", "-n", NS, "-l", GATEWAY)["items"]
+                pods = stack.cluster.get_json("pods", "-n", NS, "-l", GATEWAY)["items"]
                 live = [
                     p["metadata"]["name"]
                     for p in pods
@@ -203,9 +203,9 @@ def _faults(deployed: Deployed, rng: random.Random, log: list[dict[str, Any]]) -
                 ]
                 if live:
                     entry["pod"] = rng.choice(live)
-                    _delete(deployed, entry["pod"], False)
+                    _delete(stack, entry["pod"], False)
             elif kind == "apiserver":
-                entry["down_s"] = round(_restart_apiserver(deployed), 2)
+                entry["down_s"] = round(_restart_apiserver(stack), 2)
         except Exception as exc:  # a fault that could not be injected is reported, not fatal
             entry["error"] = repr(exc)
         log.append(entry)
@@ -245,7 +245,7 @@ async def _recovery(url: str) -> dict[str, float | None]:
     return dict(zip(MODELS, times, strict=True))
 
 
-def test_chaos_soak(deployed: Deployed) -> None:
+def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
     cluster = deployed.cluster
     for name in MODELS:
         deployed.create_tiny(name)
