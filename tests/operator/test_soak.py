@@ -293,7 +293,8 @@ def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
         recovery = asyncio.run(_recovery(url))
     finally:
         sampler.close()
-    figures = {
+    failover_s: list[float | None] = [f.get("failover_s") for f in faults if "failover_s" in f]
+    figures: dict[str, Any] = {
         "requests": traffic.sent,
         "codes": dict(traffic.codes),
         "latency_s": {
@@ -306,7 +307,7 @@ def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
         "pod_samples_failed": sampler.failed,
         "over_capacity_samples": len(sampler.over),
         "max_model_pods_seen": sampler.max_seen,
-        "failover_s": [f.get("failover_s") for f in faults if "failover_s" in f],
+        "failover_s": failover_s,
         "faults": faults,
         "recovery_s": recovery,
         "errors": traffic.errors[:20],
@@ -325,8 +326,8 @@ def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
     bad = {c for c in traffic.codes if c != "200" and c[0] != "4" and int(c) not in ALLOWED}
     assert not bad, (traffic.codes, traffic.errors[:5])
     assert not traffic.late, traffic.late[:5]
-    failovers = [f for f in figures["failover_s"] if f is not None]
-    assert len(failovers) == len(figures["failover_s"]) and failovers, faults
+    failovers = [f for f in failover_s if f is not None]
+    assert len(failovers) == len(failover_s) and failovers, faults
     assert max(failovers) <= 5.0, faults
     assert all(t is not None for t in recovery.values()), recovery
     assert any(f["kind"] == "apiserver" and "error" not in f for f in faults), faults
