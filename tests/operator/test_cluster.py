@@ -177,7 +177,7 @@ def test_operator_runs_under_its_own_least_privilege_service_account(deployed: D
     pods = deployed.cluster.get_json(
         "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
     )["items"]
-    assert [p["spec"]["serviceAccountName"] for p in pods] == ["akidb-operator"]
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {"akidb-operator"}
     sa = f"system:serviceaccount:{NS}:akidb-operator"
 
     def can(verb: str, resource: str) -> bool:
@@ -424,11 +424,11 @@ def test_capacity_holds_across_random_demands_two_replicas_and_restarts(deployed
                 deployed.demand(name)
             else:
                 deployed.served(name)
-            if step == 3:  # two replicas: only the holder of the Lease acts
-                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=2")
+            if step == 3:  # three replicas: only the holder of the Lease acts
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=3")
             if step == 6:
                 deployed.cluster.wait_for(
-                    lambda: len(_running_operators(deployed)) == 2, 60, "two operator replicas"
+                    lambda: len(_running_operators(deployed)) == 3, 60, "three operator replicas"
                 )
                 holder = _lease_holder(deployed)
                 assert holder in _running_operators(deployed)
@@ -438,7 +438,7 @@ def test_capacity_holds_across_random_demands_two_replicas_and_restarts(deployed
                     "--force", "--wait=false",
                 )  # fmt: skip
             if step == 11:
-                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=1")
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=2")
             time.sleep(rng.uniform(0.2, 4.0))
             activated |= _ready_model_names(deployed)
         # Every demand is eventually served (all unpinned, residency 5 s).
@@ -718,11 +718,13 @@ def test_a_deployment_at_the_wrong_size_is_repaired_by_the_next_pass(deployed: D
 def test_a_replaced_operator_acts_within_five_seconds(deployed: Deployed) -> None:
     deployed.create_tiny("fo-a")
     deployed.wait_phase("fo-a", "Standby", timeout=180)
-    deployed.cluster.wait_for(lambda: len(_running_operators(deployed)) == 1, 60, "one operator")
-    (old,) = _running_operators(deployed)
-    assert _lease_holder(deployed) == old
-    # Graceful deletion (as a rollout or node drain does): the old operator releases the
-    # Lease on SIGTERM; the ReplicaSet's new pod takes it and decides.
+    deployed.cluster.wait_for(
+        lambda: len(_running_operators(deployed)) == 2, 90, "leader and hot standby"
+    )
+    old = _lease_holder(deployed)
+    assert old in _running_operators(deployed)
+    # Graceful deletion (as a node drain does): the old operator releases the Lease on
+    # SIGTERM; the standby takes it at once, starts its watches and decides.
     started = time.time()
     deployed.kubectl("delete", "pod", old, "-n", NS, "--wait=false")
     deployed.demand("fo-a")

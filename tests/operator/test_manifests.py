@@ -236,7 +236,8 @@ def test_rbac_is_least_privilege() -> None:
 def test_operator_deployment_uses_its_service_account_lease_and_liveness() -> None:
     docs = load_all(MANIFESTS / "base" / "operator.yaml")
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
-    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # never two during a rollout
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # no old/new mix in a rollout
+    assert dep["spec"]["replicas"] == 2  # a hot standby waiting for the Lease
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "akidb-operator"
     (c,) = pod["containers"]

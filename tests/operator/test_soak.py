@@ -332,6 +332,6 @@ def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
     assert all(t is not None for t in recovery.values()), recovery
     assert any(f["kind"] == "apiserver" and "error" not in f for f in faults), faults
     operators = _running_operators(deployed)
-    assert len(operators) == 1 and _lease_holder(deployed) in operators
+    assert len(operators) == 2 and _lease_holder(deployed) in operators
     assert _operator_pods(deployed)
     deployed.delete_models(*MODELS)
