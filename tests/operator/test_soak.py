@@ -245,6 +245,7 @@ async def _recovery(url: str) -> dict[str, float | None]:
     return dict(zip(MODELS, times, strict=True))
 
 
+@pytest.mark.timeout(1200)
 def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
     cluster = deployed.cluster
     for name in MODELS:
