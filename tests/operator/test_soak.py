@@ -141,17 +141,28 @@ def _delete(stack: Deployed, pod: str, force: bool) -> None:
 
 
 def _restart_apiserver(stack: Deployed) -> float:
-    """Stop the API server process and bring it back (DevCluster.up starts what is missing)."""
+    """Stop the API server process and bring it back (DevCluster.up starts what is
+    missing); seconds until it answers again."""
+    from akidb_embed.devcluster.cluster import ClusterError
+
     dev = stack.cluster.dev
     record = dev._record("kube-apiserver")
     assert record is not None and record.alive()
     started = time.monotonic()
     os.kill(record.pid, signal.SIGTERM)
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 60
     while record.alive() and time.monotonic() < deadline:
         time.sleep(0.1)
-    dev.up(progress=lambda _msg: None)
-    return time.monotonic() - started
+    if record.alive():
+        os.kill(record.pid, signal.SIGKILL)
+    while True:  # the port may stay bound for a moment after the process is gone
+        try:
+            dev.up(progress=lambda _msg: None)
+            return time.monotonic() - started
+        except ClusterError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
 
 
 def _failover(stack: Deployed, old: str, since: float) -> float | None:
