@@ -130,11 +130,72 @@ def _em(name: str) -> dict[str, Any]:
     }
 
 
-def cluster_benchmark(sizes: tuple[int, ...], demands: int) -> list[dict[str, Any]]:
-    from kubernetes import client, config, watch
+def _operator(src: Path, ns: str, n: int, env: dict[str, str], log: Any) -> subprocess.Popen[bytes]:
+    """The operator from source tree `src` (this tree, or a baseline checkout)."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "akidb_embed",
+            "operator",
+            "--namespace",
+            ns,
+            "--standalone",
+            "--liveness",
+            "",
+            "--capacity",
+            str(n),
+            "--memory-budget",
+            "none",
+            "--min-residency",
+            "0s",
+            "--node-selector",
+            "akidb.io/accelerator=bench-none",
+        ],
+        env={**env, "PYTHONPATH": str(src)},
+        cwd=str(src),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def _demand(custom: Any, ns: str, name: str) -> None:
+    custom.patch_namespaced_custom_object_status(
+        k8s.GROUP, k8s.VERSION, ns, k8s.PLURAL, name,
+        {"status": {"requestedAt": k8s.now_rfc3339()}},
+    )  # fmt: skip
+
+
+def _wait_scaled(apps: Any, ns: str, name: str, timeout: float = 120) -> None:
+    """Until model `name`'s Deployment has replicas >= 1 (polled every 10 ms)."""
+    from kubernetes.client.rest import ApiException
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if (apps.read_namespaced_deployment(f"model-{name}", ns).spec.replicas or 0) >= 1:
+                return
+        except ApiException as exc:
+            if exc.status != 404:
+                raise
+        time.sleep(0.01)
+    raise TimeoutError(f"model-{name} was not scaled up within {timeout}s")
+
+
+def _logged_pass_s(path: Path) -> float | None:
+    """The operator's own report of its start-up pass ("start-up pass: N models in X s")."""
+    for line in path.read_text(errors="replace").splitlines():
+        if "start-up pass:" in line:
+            return float(line.rsplit(" in ", 1)[1].split("s")[0])
+    return None
+
+
+def cluster_benchmark(
+    sizes: tuple[int, ...], demands: int, variants: dict[str, Path]
+) -> list[dict[str, Any]]:
+    from kubernetes import client, config
 
     from akidb_embed.devcluster import DevCluster, kubectl_path
-    from akidb_embed.operator.objects import model_key
 
     reuse = os.environ.get("AKIDB_BENCH_CLUSTER_DIR")
     state = Path(reuse) if reuse else Path(tempfile.mkdtemp(prefix="akidb-bench-"))
@@ -150,127 +211,123 @@ def cluster_benchmark(sizes: tuple[int, ...], demands: int) -> list[dict[str, An
         check=True,
         capture_output=True,
     )
+    env = {**os.environ, "KUBECONFIG": str(dev.kubeconfig)}
     rows = []
     try:
         for n in sizes:
-            ns = f"bench-{n}-{int(time.time())}"
-            subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True)
-            docs = "\n---\n".join(json.dumps(_em(f"m{i:04d}")) for i in range(n))
-            subprocess.run(
-                [*kubectl, "apply", "-n", ns, "-f", "-"],
-                input=docs,
-                text=True,
-                check=True,
-                capture_output=True,
-            )
-            stamp = k8s.now_rfc3339()
-            for i in range(n):
-                body = _em(f"m{i:04d}")
-                custom.patch_namespaced_custom_object_status(
-                    k8s.GROUP,
-                    k8s.VERSION,
-                    ns,
-                    k8s.PLURAL,
-                    body["metadata"]["name"],
-                    {
-                        "status": {
-                            "phase": STANDBY,
-                            "artifact": {"key": model_key(body["spec"])},
-                            "conditions": [
-                                {
-                                    "type": "Converted",
-                                    "status": "True",
-                                    "reason": "Converted",
-                                    "lastTransitionTime": stamp,
-                                }
-                            ],
-                        }
-                    },
-                )
-            env = {**os.environ, "KUBECONFIG": str(dev.kubeconfig)}
-            log = open(state / f"operator-{ns}.log", "w")  # noqa: SIM115
-            started = time.monotonic()
-            op = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "akidb_embed",
-                    "operator",
-                    "--namespace",
-                    ns,
-                    "--standalone",
-                    "--liveness",
-                    "",
-                    "--capacity",
-                    str(n),
-                    "--memory-budget",
-                    "none",
-                    "--min-residency",
-                    "0s",
-                    "--node-selector",
-                    "akidb.io/accelerator=bench-none",
-                ],
-                env=env,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-            try:
-                # Ready when every Deployment exists (the resume pass has run).
-                while True:
-                    deps = apps.list_namespaced_deployment(ns).items
-                    if len(deps) >= n:
-                        break
-                    if op.poll() is not None:
-                        raise RuntimeError(f"operator exited; see {log.name}")
-                    time.sleep(0.5)
-                resume_s = time.monotonic() - started
-                latencies = []
-                rng = random.Random(n)
-                for name in rng.sample([f"m{i:04d}" for i in range(n)], min(demands, n)):
-                    w = watch.Watch()
-                    version = apps.read_namespaced_deployment(
-                        f"model-{name}", ns
-                    ).metadata.resource_version
-                    t0 = time.perf_counter()
-                    custom.patch_namespaced_custom_object_status(
-                        k8s.GROUP,
-                        k8s.VERSION,
-                        ns,
-                        k8s.PLURAL,
-                        name,
-                        {"status": {"requestedAt": k8s.now_rfc3339()}},
-                    )
-                    for event in w.stream(
-                        apps.list_namespaced_deployment,
-                        ns,
-                        field_selector=f"metadata.name=model-{name}",
-                        resource_version=version,
-                        timeout_seconds=30,
-                    ):
-                        if (event["object"].spec.replicas or 0) >= 1:
-                            latencies.append((time.perf_counter() - t0) * 1000)
-                            w.stop()
-                    time.sleep(0.2)
-                rows.append(
-                    {
-                        "models": n,
-                        "demands": len(latencies),
-                        "demand_to_deployment_p50_ms": round(statistics.median(latencies), 1),
-                        "demand_to_deployment_max_ms": round(max(latencies), 1),
-                        "startup_resume_s": round(resume_s, 1),
-                    }
-                )
-            finally:
-                op.terminate()
-                op.wait(timeout=30)
-                log.close()
-                subprocess.run(
-                    [*kubectl, "delete", "namespace", ns, "--wait=false"], capture_output=True
-                )
+            for variant, src in variants.items():
+                rows.append(_one_size(n, demands, variant, src, state, kubectl, custom, apps, env))
+                print(json.dumps(rows[-1]), flush=True)
     finally:
         if not reuse:
             dev.down()
     return rows
+
+
+def _one_size(
+    n: int,
+    demands: int,
+    variant: str,
+    src: Path,
+    state: Path,
+    kubectl: list[str],
+    custom: Any,
+    apps: Any,
+    env: dict[str, str],
+) -> dict[str, Any]:
+    from kubernetes import watch
+
+    from akidb_embed.operator.objects import model_key
+
+    ns = f"bench-{variant}-{n}-{int(time.time())}"
+    subprocess.run([*kubectl, "create", "namespace", ns], check=True, capture_output=True)
+    names = [f"m{i:04d}" for i in range(n)]
+    docs = "\n---\n".join(json.dumps(_em(name)) for name in names)
+    subprocess.run(
+        [*kubectl, "apply", "-n", ns, "-f", "-"],
+        input=docs,
+        text=True,
+        check=True,
+        capture_output=True,
+    )
+    stamp = k8s.now_rfc3339()
+    for name in names:
+        body = _em(name)
+        custom.patch_namespaced_custom_object_status(
+            k8s.GROUP, k8s.VERSION, ns, k8s.PLURAL, name,
+            {
+                "status": {
+                    "phase": STANDBY,
+                    "artifact": {"key": model_key(body["spec"])},
+                    "conditions": [
+                        {
+                            "type": "Converted", "status": "True", "reason": "Converted",
+                            "lastTransitionTime": stamp,
+                        }
+                    ],
+                }
+            },
+        )  # fmt: skip
+    rng = random.Random(n)
+    order = rng.sample(names, len(names))
+    first_log = state / f"operator-{ns}-1.log"
+    row: dict[str, Any] = {"variant": variant, "models": n}
+    with open(first_log, "w") as log:
+        started = time.monotonic()
+        op = _operator(src, ns, n, env, log)
+        try:
+            # A demand posted as the operator starts: is it queued behind the first pass?
+            time.sleep(0.3)
+            _demand(custom, ns, order[0])
+            _wait_scaled(apps, ns, order[0])
+            row["first_start_demand_s"] = round(time.monotonic() - started, 2)
+            while len(apps.list_namespaced_deployment(ns).items) < n:  # every one created
+                if op.poll() is not None:
+                    raise RuntimeError(f"operator exited; see {first_log}")
+                time.sleep(0.2)
+            row["first_pass_s"] = round(time.monotonic() - started, 2)
+            latencies = []
+            for name in order[1 : 1 + demands]:
+                w = watch.Watch()
+                version = apps.read_namespaced_deployment(
+                    f"model-{name}", ns
+                ).metadata.resource_version
+                t0 = time.perf_counter()
+                _demand(custom, ns, name)
+                for event in w.stream(
+                    apps.list_namespaced_deployment,
+                    ns,
+                    field_selector=f"metadata.name=model-{name}",
+                    resource_version=version,
+                    timeout_seconds=30,
+                ):
+                    if (event["object"].spec.replicas or 0) >= 1:
+                        latencies.append((time.perf_counter() - t0) * 1000)
+                        w.stop()
+                time.sleep(0.2)
+            row["demand_to_deployment_p50_ms"] = round(statistics.median(latencies), 1)
+            row["demand_to_deployment_max_ms"] = round(max(latencies), 1)
+        finally:
+            op.terminate()
+            op.wait(timeout=30)
+    # A restart with everything in place (the common start-up): how soon is a demand
+    # served, and how long is the pass over all models?
+    restart_log = state / f"operator-{ns}-2.log"
+    with open(restart_log, "w") as log:
+        started = time.monotonic()
+        op = _operator(src, ns, n, env, log)
+        try:
+            time.sleep(0.3)
+            _demand(custom, ns, order[-1])
+            _wait_scaled(apps, ns, order[-1])
+            row["restart_demand_s"] = round(time.monotonic() - started, 2)
+            time.sleep(3.0)  # let the pass finish and report itself
+            row["restart_pass_s"] = _logged_pass_s(restart_log)
+        finally:
+            op.terminate()
+            op.wait(timeout=30)
+    subprocess.run([*kubectl, "delete", "namespace", ns, "--wait=false"], capture_output=True)
+    return row
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -280,6 +337,11 @@ def main(argv: list[str] | None = None) -> int:
         "--cluster-sizes", default="10,100,1000", help="EmbeddingModel counts for --cluster"
     )
     parser.add_argument("--demands", type=int, default=10, help="demands timed per size")
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        help="also run the operator of this source tree (e.g. a checkout of main), same run",
+    )
     args = parser.parse_args(argv)
 
     results: dict[str, Any] = {
@@ -295,13 +357,22 @@ def main(argv: list[str] | None = None) -> int:
         )
     if args.cluster:
         sizes = tuple(int(s) for s in args.cluster_sizes.split(","))
-        results["cluster"] = cluster_benchmark(sizes, args.demands)
-        print("\nreal API server: demand (status.requestedAt) -> Deployment replicas 1, ms")
-        print(f"{'models':>7} {'p50':>8} {'max':>8} {'resume s':>9}")
+        variants = {"this": ROOT}
+        if args.baseline:
+            variants = {"baseline": args.baseline.resolve(), **variants}
+        results["cluster"] = cluster_benchmark(sizes, args.demands, variants)
+        print("\nreal API server (times from the operator process's start, s; demand ms)")
+        print(
+            f"{'variant':>9} {'models':>7} {'1st demand':>10} {'1st pass':>9} {'p50 ms':>8} "
+            f"{'max ms':>8} {'restart demand':>14} {'restart pass':>12}"
+        )
         for row in results["cluster"]:
+            restart_pass = row.get("restart_pass_s")
             print(
-                f"{row['models']:>7} {row['demand_to_deployment_p50_ms']:>8.1f} "
-                f"{row['demand_to_deployment_max_ms']:>8.1f} {row['startup_resume_s']:>9.1f}"
+                f"{row['variant']:>9} {row['models']:>7} {row['first_start_demand_s']:>10.2f} "
+                f"{row['first_pass_s']:>9.2f} {row['demand_to_deployment_p50_ms']:>8.1f} "
+                f"{row['demand_to_deployment_max_ms']:>8.1f} {row['restart_demand_s']:>14.2f} "
+                f"{'-' if restart_pass is None else f'{restart_pass:.2f}':>12}"
             )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import time
+import logging
 from typing import Any, cast
 
 from akidb_embed.operator.config import add_arguments, from_args
+
+log = logging.getLogger("akidb_embed.operator")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -25,34 +27,117 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run_operator(args: argparse.Namespace) -> int:
+    import asyncio
     import logging
-    import os
-    import socket
-
-    import kopf
-
-    from akidb_embed.operator.handlers import Operator, register
 
     config = from_args(args)
-    # Known identity and priority, so the periodic tick can follow kopf's peering rule.
-    identity = os.environ.get("POD_ID") or (
-        f"{os.environ.get('USER', 'akidb')}@{socket.gethostname()}/{os.getpid()}/{int(time.time())}"
-    )
-    # The newest replica acts and older ones pause: a rollout hands over cleanly.
-    priority = config.peering_priority if config.peering_priority is not None else int(time.time())
     if logging.getLogger().level > logging.DEBUG:
         # kopf logs every handler run at INFO; our decisions are logged (and posted) already.
         logging.getLogger("kopf.objects").setLevel(logging.WARNING)
-    registry = kopf.OperatorRegistry()
-    register(registry, Operator(config, identity=identity, priority=priority))
-    kopf.run(
-        registry=registry,
-        namespaces=[config.namespace],
-        clusterwide=False,
-        standalone=config.standalone,
-        peering_name=None if config.standalone else config.peering,
-        priority=priority,
-        identity=cast(Any, identity),
-        liveness_endpoint=config.liveness or None,
+    return asyncio.run(_operate(config))
+
+
+def _identity() -> str:
+    """Unique per process: the pod's name in a cluster (POD_ID), else user@host/pid/uuid."""
+    import os
+    import socket
+    import uuid
+
+    return os.environ.get("POD_ID") or (
+        f"{os.environ.get('USER', 'akidb')}@{socket.gethostname()}/{os.getpid()}/"
+        f"{uuid.uuid4().hex[:8]}"
     )
-    return 0
+
+
+async def _operate(config: Any) -> int:
+    """Hold the leader Lease, then run kopf's handlers until stopped or the Lease is lost.
+
+    On SIGTERM/SIGINT the Lease is released first (a replacement acts at once), then
+    kopf stops. Losing the Lease stops writes at once and exits with status 1.
+    """
+    import asyncio
+    import signal
+
+    import kopf
+    from kubernetes_asyncio import client
+    from kubernetes_asyncio import config as kube_config
+
+    from akidb_embed.operator.handlers import Operator, register
+    from akidb_embed.operator.leader import LeaderElector
+    from akidb_embed.operator.writer import Timeouts, Writer
+
+    try:
+        kube_config.load_incluster_config()
+    except kube_config.ConfigException:
+        await kube_config.load_kube_config()
+    api = client.ApiClient()
+    identity = _identity()
+    # Renewals get short timeouts of their own: one must finish well within the deadline.
+    renew_timeouts = Timeouts(connect=1.0, read=max(0.5, config.lease_renew))
+    elector = LeaderElector(
+        Writer(api, renew_timeouts),
+        config.namespace,
+        config.lease,
+        identity,
+        duration=config.lease_duration,
+        renew_every=config.lease_renew,
+        renew_deadline=max(config.lease_renew * 2, config.lease_duration - config.lease_renew),
+    )
+    stop = asyncio.Event()
+    lost = False
+
+    def on_lost() -> None:
+        nonlocal lost
+        lost = True
+        stop.set()
+
+    loop = asyncio.get_running_loop()
+    keeper: asyncio.Task[None] | None = None
+    if not config.standalone:
+        # Before holding it, a signal just ends the process (the default handlers).
+        log.info("%s waiting for the leader lease %s", identity, config.lease)
+        await elector.acquire()
+        keeper = asyncio.create_task(elector.keep(on_lost))
+    operator = Operator(config, identity=identity)
+    operator.connect(api, None if config.standalone else elector.is_leader)
+    registry = kopf.OperatorRegistry()
+    register(registry, operator)
+    ready = asyncio.Event()
+    kopf_task = asyncio.create_task(
+        kopf.operator(
+            registry=registry,
+            namespaces=[config.namespace],
+            clusterwide=False,
+            standalone=True,
+            identity=cast(Any, identity),
+            liveness_endpoint=config.liveness or None,
+            stop_flag=stop,
+            ready_flag=ready,
+        )
+    )
+
+    async def shutdown() -> None:
+        await elector.release()
+        stop.set()
+
+    def on_signal() -> None:
+        task = asyncio.create_task(shutdown())
+        operator._background.add(task)
+
+    async def take_signals() -> None:
+        # kopf installs its own handlers when it starts; ours replace them afterwards,
+        # so the Lease is released before kopf's (slower) graceful stop begins.
+        await ready.wait()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, on_signal)
+
+    signals = asyncio.create_task(take_signals())
+    try:
+        await kopf_task
+    finally:
+        signals.cancel()
+        if keeper is not None:
+            keeper.cancel()
+        await elector.release()
+        await api.close()
+    return 1 if lost else 0

@@ -18,7 +18,7 @@ DEFAULT_SOURCE_ROOT = "/var/lib/akidb/sources"
 DEFAULT_TRT_CACHE = "/var/lib/akidb/trt-cache"
 DEFAULT_IMAGE = "ghcr.io/akidb/akidb-embed-server:0.1.0"
 DEFAULT_CONVERTER_IMAGE = "ghcr.io/akidb/akidb-embed-converter:0.1.0"
-DEFAULT_PEERING = "akidb-operator"
+DEFAULT_LEASE = "akidb-operator"
 
 
 def parse_selector(text: str) -> dict[str, str]:
@@ -50,9 +50,15 @@ class OperatorConfig:
     image_pull_policy: str = "IfNotPresent"
     hf_offline: bool = False
     tick: float = 5.0  # seconds between idle-timeout checks
-    peering: str = DEFAULT_PEERING
-    peering_priority: int | None = None  # None: newer replicas win (start time)
-    standalone: bool = False
+    demand_ttl: float = 60.0  # a requestedAt not re-marked for this long has expired
+    lease: str = DEFAULT_LEASE  # the leader-election Lease (coordination.k8s.io)
+    lease_duration: float = 3.0
+    lease_renew: float = 1.0
+    standalone: bool = False  # no leader election (one process, development only)
+    # Client-side timeouts of every API call (connect, read) and each watch's length.
+    api_connect_timeout: float = 5.0
+    api_read_timeout: float = 15.0
+    watch_timeout: float = 60.0
     liveness: str = "http://0.0.0.0:8081/healthz"
     convert_timeout: int = 7200
     convert_memory: str = "1Gi"
@@ -65,6 +71,7 @@ class OperatorConfig:
             capacity=self.capacity,
             memory_budget=self.memory_budget,
             min_residency=self.min_residency,
+            demand_ttl=self.demand_ttl,
         )
 
 
@@ -128,18 +135,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="conversion jobs use only the node's Hugging Face cache (HF_HUB_OFFLINE=1)",
     )
     add("--tick", default=_env("TICK", "5s"), help="idle-timeout check interval (5s)")
-    add("--peering", default=_env("PEERING", d.peering), help="KopfPeering name")
     add(
-        "--peering-priority",
-        type=int,
-        default=int(p) if (p := _env("PEERING_PRIORITY", "")) else None,
-        help="kopf peering priority (default: start time, so the newest replica acts)",
+        "--demand-ttl",
+        default=_env("DEMAND_TTL", "60s"),
+        help="a demand (status.requestedAt) not re-marked for this long expires (60s)",
     )
+    add("--lease", default=_env("LEASE", d.lease), help="leader-election Lease name")
+    add("--lease-duration", default=_env("LEASE_DURATION", "3s"), help="Lease duration (3s)")
+    add("--lease-renew", default=_env("LEASE_RENEW", "1s"), help="Lease renewal period (1s)")
     add(
         "--standalone",
         action=argparse.BooleanOptionalAction,
         default=_env("STANDALONE", "0").lower() in ("1", "true", "yes"),
-        help="run without peering (development only)",
+        help="run without leader election (one process; development only)",
+    )
+    add(
+        "--api-timeout",
+        default=_env("API_TIMEOUT", "5s,15s"),
+        help="connect,read timeouts of every Kubernetes API call (5s,15s)",
+    )
+    add(
+        "--watch-timeout",
+        default=_env("WATCH_TIMEOUT", "60s"),
+        help="each watch ends after this long and is restarted (60s)",
     )
     add("--liveness", default=_env("LIVENESS", d.liveness), help="kopf liveness endpoint")
     add(
@@ -176,9 +194,14 @@ def from_args(args: argparse.Namespace) -> OperatorConfig:
         image_pull_policy=args.image_pull_policy,
         hf_offline=args.hf_offline,
         tick=parse_duration(args.tick),
-        peering=args.peering,
-        peering_priority=args.peering_priority,
+        demand_ttl=parse_duration(args.demand_ttl),
+        lease=args.lease,
+        lease_duration=parse_duration(args.lease_duration),
+        lease_renew=parse_duration(args.lease_renew),
         standalone=args.standalone,
+        api_connect_timeout=parse_duration(args.api_timeout.split(",")[0]),
+        api_read_timeout=parse_duration(args.api_timeout.split(",")[-1]),
+        watch_timeout=parse_duration(args.watch_timeout),
         liveness=args.liveness,
         pod_env=dict(item.split("=", 1) for item in args.pod_env if "=" in item),
     )

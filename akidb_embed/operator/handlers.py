@@ -1,16 +1,24 @@
 """kopf handlers: glue between watches, the placement policy and the API server.
 
-Everything that decides lives elsewhere: `placement.decide` (which pods run),
-`objects` (what the Deployment / Job / status look like). Here:
+Everything that decides lives elsewhere: `placement.decide` (which pods run, which
+Deployments to repair), `objects` (what the Deployment / Job / status look like),
+`capacity` (the extended resources the scheduler enforces), `writer` (every API call,
+with timeouts and typed errors), `leader` (the Lease; kopf runs only while we hold it).
 
-- kopf indexes keep the EmbeddingModels and the model-server pods (Terminating ones
-  included) as the watches see them; kopf calls no handler before they are complete,
-  so a restarted operator decides from the whole picture.
+- kopf indexes keep the EmbeddingModels, the model-server pods (Terminating ones
+  included) and the model Deployments as the watches see them; kopf calls no handler
+  before they are complete, so a restarted operator decides from the whole picture,
+  read with one list per kind (no read per model).
 - `Operator.reconcile` runs one placement decision at a time (one lock); concurrent
-  triggers coalesce into the next decision. Triggers: any EmbeddingModel event (the
-  gateway's status.requestedAt included), any model-server pod event, conversion
-  Jobs finishing, and a periodic tick (idle timeouts, residency expiry) that runs
-  only while this replica is the active kopf peer.
+  triggers coalesce into the next decision. Each decision is level-triggered: it also
+  scales every Deployment whose size disagrees with its model's phase, and deletes
+  finished pods. Triggers: any EmbeddingModel event (the gateway's status.requestedAt
+  included), any model-server pod or Deployment event, conversion Jobs finishing, a
+  wake-up at a Wait's retry time, and a periodic tick (idle timeouts, residency expiry,
+  demand expiry, re-advertising the node's capacity).
+- The spec handler (Deployment up to date, conversion Job) runs per model, outside the
+  decision lock and without a write when the Deployment's template hash matches, so
+  the start-up pass over many models neither serializes nor delays a demand.
 - Conversion: a Job per (spec generation, artifact key), Converted / ConversionFailed.
 
 kopf's change detection ignores `status`, so demand (status.requestedAt) is seen
@@ -20,16 +28,19 @@ through `on.event`, not `on.field`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import logging
 import time
+from collections import defaultdict
 from typing import Any, cast
 
 import kopf
 from kubernetes_asyncio import client
-from kubernetes_asyncio.client.rest import ApiException
 
 from akidb_embed import k8s
 from akidb_embed.operator import objects
+from akidb_embed.operator.capacity import node_resources, node_status_patch
 from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.performance import fetch_performance, pod_endpoint
 from akidb_embed.operator.placement import (
@@ -43,26 +54,28 @@ from akidb_embed.operator.placement import (
     STANDBY,
     Action,
     Activate,
+    DeletePod,
     Evict,
     IdleStandby,
     MarkActivating,
     MarkReady,
     MarkStandby,
+    Scale,
     Wait,
     decide,
 )
 from akidb_embed.operator.state import (
     WriteOverlay,
+    deployment_view,
     model_snapshot,
     model_view,
-    peering_allows,
     pod_view,
 )
+from akidb_embed.operator.writer import ApiError, Conflict, NotFound, Timeouts, Writer
 
 Body = dict[str, Any]
 log = logging.getLogger("akidb_embed.operator")
 
-MERGE_PATCH = "application/merge-patch+json"
 JOB_NAME_LABEL = "batch.kubernetes.io/job-name"
 
 
@@ -78,20 +91,23 @@ def _now() -> str:
     return k8s.now_rfc3339()
 
 
+Indexes = tuple[kopf.Index, kopf.Index, kopf.Index]  # models, pods, deployments
+
+
 class Operator:
     """The operator's one decision loop and its writes to the API server."""
 
-    def __init__(self, config: OperatorConfig, identity: str = "", priority: int = 0) -> None:
+    def __init__(self, config: OperatorConfig, identity: str = "") -> None:
         self.config = config
         self.lock = asyncio.Lock()
         self.overlay = WriteOverlay()
         self._requested = 0
         self._completed = 0
         self.api: client.ApiClient | None = None
+        self.writer: Writer | None = None
         self.decisions = 0
         self.identity = identity
-        self.priority = priority
-        self.indexes: tuple[kopf.Index, kopf.Index] | None = None
+        self.indexes: Indexes | None = None
         self.ticker: asyncio.Task[None] | None = None
         # One pending "decide again at" wake-up (see Wait.retry_at) and its time.
         self._wakeup: asyncio.TimerHandle | None = None
@@ -99,37 +115,29 @@ class Operator:
         self._background: set[asyncio.Task[None]] = set()  # keeps fired wake-ups alive
         # One status.performance read per model that turned Ready (background tasks).
         self.measurements: dict[str, asyncio.Task[None]] = {}
+        # The spec handler and the Job handler of one model never interleave.
+        self.model_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.first_decision_at: float | None = None  # epoch seconds (failover measurement)
+        self.started = time.monotonic()
+        self._resumed: set[str] | None = set()  # models the start-up pass has handled
+
+    @property
+    def w(self) -> Writer:
+        if self.writer is None:
+            raise RuntimeError("the operator has no API client yet (startup not run)")
+        return self.writer
+
+    def connect(self, api: client.ApiClient, may_write: Any = None) -> None:
+        self.api = api
+        timeouts = Timeouts(self.config.api_connect_timeout, self.config.api_read_timeout)
+        self.writer = Writer(api, timeouts, may_write or (lambda: True))
 
     # -- API access -------------------------------------------------------------------
-
-    @property
-    def custom(self) -> Any:  # dict bodies and _content_type: untyped use
-        return client.CustomObjectsApi(self.api)
-
-    @property
-    def apps(self) -> Any:  # dict bodies and _content_type: untyped use
-        return client.AppsV1Api(self.api)
-
-    @property
-    def batch(self) -> Any:  # dict bodies and _content_type: untyped use
-        return client.BatchV1Api(self.api)
-
-    @property
-    def core(self) -> Any:  # dict bodies and _content_type: untyped use
-        return client.CoreV1Api(self.api)
 
     async def patch_status(self, body: Body, status: Body) -> Body:
         """Merge-patch the status subresource; remember the write until the watch shows it."""
         meta = body["metadata"]
-        result = await self.custom.patch_namespaced_custom_object_status(
-            k8s.GROUP,
-            k8s.VERSION,
-            meta["namespace"],
-            k8s.PLURAL,
-            meta["name"],
-            {"status": status},
-            _content_type=MERGE_PATCH,
-        )
+        result = await self.w.patch_model_status(meta["namespace"], meta["name"], status)
         new_status = dict(result.get("status") or {})
         self.overlay.record(meta["name"], meta["uid"], new_status)
         body["status"] = new_status
@@ -138,40 +146,48 @@ class Operator:
     async def scale(self, body: Body, replicas: int) -> None:
         meta = body["metadata"]
         try:
-            await self.apps.patch_namespaced_deployment(
-                objects.deployment_name(meta["name"]),
+            await self.w.patch_deployment(
                 meta["namespace"],
+                objects.deployment_name(meta["name"]),
                 {"spec": {"replicas": replicas}},
-                _content_type=MERGE_PATCH,
             )
-        except ApiException as exc:
-            if exc.status != 404:
-                raise
+        except NotFound:
             # Deleted behind our back (or never created): recreate it at the right size.
             await self.ensure_deployment(body, replicas)
 
-    async def ensure_deployment(self, body: Body, replicas: int) -> None:
-        desired = objects.model_deployment(body, self.config, replicas)
+    async def ensure_deployment(
+        self, body: Body, replicas: int, current: Body | None = None
+    ) -> None:
+        """Create the Deployment, or bring its template up to date (never its replicas:
+        those follow the phase, set by the decisions). No write if `current` (the
+        index's view) already carries the desired template hash."""
+        desired = objects.with_template_hash(objects.model_deployment(body, self.config, replicas))
         meta = desired["metadata"]
-        try:
-            await self.apps.create_namespaced_deployment(meta["namespace"], desired)
+        wanted_hash = meta["annotations"][objects.TEMPLATE_HASH]
+        if current is not None and current.get("templateHash") == wanted_hash:
             return
-        except ApiException as exc:
-            if exc.status != 409:
-                raise
-        await self.apps.patch_namespaced_deployment(
-            meta["name"],
+        if current is None:
+            try:
+                await self.w.create_deployment(meta["namespace"], desired)
+                return
+            except Conflict:
+                pass
+        spec = {k: v for k, v in desired["spec"].items() if k != "replicas"}
+        await self.w.patch_deployment(
             meta["namespace"],
-            {"metadata": {"labels": meta["labels"]}, "spec": desired["spec"]},
-            _content_type=MERGE_PATCH,
+            meta["name"],
+            {
+                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+                "spec": spec,
+            },
         )
 
     # -- placement -------------------------------------------------------------------
 
-    async def reconcile(self, models: kopf.Index, pods: kopf.Index) -> None:
+    async def reconcile(self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index) -> None:
         """Run a placement decision unless one that started after this call covers it."""
         # kopf hands indexes only to handlers, and only once they are complete.
-        self.indexes = (models, pods)
+        self.indexes = (models, pods, deps)
         if self.ticker is None:
             # Started from a handler so that it inherits kopf's context (Event posting).
             self.ticker = asyncio.create_task(self.tick_forever())
@@ -182,34 +198,36 @@ class Operator:
                 return
             started = self._requested
             try:
-                await self._decide_and_apply(models, pods)
+                await self._decide_and_apply(models, pods, deps)
             finally:
                 self._completed = started
 
-    async def is_active_peer(self) -> bool:
-        if self.config.standalone:
-            return True
-        try:
-            peering = await self.custom.get_namespaced_custom_object(
-                "kopf.dev", "v1", self.config.namespace, "kopfpeerings", self.config.peering
-            )
-        except ApiException:
-            return False  # no peering object: kopf pauses too (mandatory peering)
-        return peering_allows(
-            peering.get("status") or {}, self.identity, self.priority, time.time()
-        )
-
     async def tick_forever(self) -> None:
         while True:
+            try:
+                await self.advertise_capacity()
+            except Exception:
+                log.exception("advertising the node's capacity failed; retrying next tick")
             await asyncio.sleep(self.config.tick)
             try:
-                if self.indexes is not None and await self.is_active_peer():
+                if self.indexes is not None:
                     await self.reconcile(*self.indexes)
             except Exception:
                 log.exception("periodic decision failed; retrying next tick")
 
+    async def advertise_capacity(self) -> None:
+        """Slots and model memory as extended resources on each selected node (re-applied
+        every tick: level-triggered; a node that re-registers loses them)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(self.config.node_selector.items()))
+        wanted = node_resources(self.config.capacity, self.config.memory_budget)
+        for node in await self.w.list_nodes(selector):
+            patch = node_status_patch(node, wanted)
+            if patch is not None:
+                await self.w.patch_node_status(node["metadata"]["name"], patch)
+                log.info("advertised %s on node %s", wanted, node["metadata"]["name"])
+
     def _decide_again_at(self, when: float) -> None:
-        """Decide again at `when` (epoch seconds) instead of waiting for the next tick."""
+        """Decide again at `when` (epoch seconds, in the future) instead of at the tick."""
         if self._wakeup is not None and not self._wakeup.cancelled():
             if self._wakeup_at <= when:
                 return
@@ -235,28 +253,45 @@ class Operator:
                 bodies[body["metadata"]["name"]] = dict(self.overlay.apply(body))
         return bodies
 
-    async def _decide_and_apply(self, models: kopf.Index, pods: kopf.Index) -> None:
+    async def _decide_and_apply(
+        self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
+    ) -> None:
         bodies = self._bodies(models)
         pod_views = [p for store in pods.values() for p in store]
+        replicas = {d["model"]: d["replicas"] for store in deps.values() for d in store}
         now = time.time()
         actions = decide(
-            [model_view(b) for b in bodies.values()], pod_views, self.config.limits, now
+            [model_view(b) for b in bodies.values()],
+            pod_views,
+            self.config.limits,
+            now,
+            replicas=replicas,
         )
         self.decisions += 1
+        if self.first_decision_at is None:
+            self.first_decision_at = now
+            log.info("first decision as %s", self.identity)
+        namespace = self.config.namespace
         for action in actions:
             if isinstance(action, Wait) and action.retry_at is not None:
                 self._decide_again_at(action.retry_at)
-            body = bodies.get(action.model)
-            if body is None:
-                continue
             try:
+                if isinstance(action, DeletePod):
+                    log.info("deleting finished pod %s of %s", action.pod, action.model)
+                    with contextlib.suppress(NotFound, Conflict):  # gone, or a newer one
+                        await self.w.delete_pod(namespace, action.pod, action.uid or None)
+                    continue
+                body = bodies.get(action.model)
+                if body is None:
+                    continue
                 await self.apply(action, body, now)
-            except ApiException as exc:
-                # The next trigger decides again from fresh state.
+            except ApiError as exc:
+                # Level-triggered: the next pass sees what did not happen and repairs it.
                 log.warning("%s on %s failed: %s", type(action).__name__, action.model, exc)
 
     async def apply(self, action: Action, body: Body, now: float) -> None:
-        log.info("%s: %s", type(action).__name__, getattr(action, "message", action.model))
+        if not isinstance(action, Scale):
+            log.info("%s: %s", type(action).__name__, getattr(action, "message", action.model))
         status = body.get("status") or {}
         conditions = status.get("conditions")
         gen = body["metadata"].get("generation")
@@ -280,8 +315,8 @@ class Operator:
                     ),
                 },
             )
-            await self.scale(body, 1)
             _event(body, type="Normal", reason="Activated", message=action.message)
+            await self.scale(body, 1)  # if this fails, the next pass repairs it (Scale)
         elif isinstance(action, Evict | IdleStandby):
             reason = "Evicted" if isinstance(action, Evict) else "IdleTimeout"
             await self.patch_status(
@@ -298,8 +333,17 @@ class Operator:
                     ),
                 },
             )
-            await self.scale(body, 0)
             _event(body, type="Normal", reason=reason, message=action.message)
+            await self.scale(body, 0)
+        elif isinstance(action, Scale):
+            log.info(
+                "Scale: %s to %d (its Deployment has %d; phase %s)",
+                action.model,
+                action.replicas,
+                action.observed,
+                status.get("phase"),
+            )
+            await self.scale(body, action.replicas)
         elif isinstance(action, MarkReady):
             started = k8s.parse_time(status.get("activeSince"))
             cold = f" after a {now - started:.1f}s cold start" if started else ""
@@ -365,11 +409,10 @@ class Operator:
 
     async def _record_performance(self, name: str, namespace: str) -> None:
         try:
-            pods = await self.core.list_namespaced_pod(
-                namespace,
-                label_selector=f"{k8s.LABEL_NAME}={k8s.MODEL_SERVER_APP},{k8s.LABEL_MODEL}={name}",
+            pods = await self.w.list_pods(
+                namespace, f"{k8s.LABEL_NAME}={k8s.MODEL_SERVER_APP},{k8s.LABEL_MODEL}={name}"
             )
-            url = next((u for u in map(pod_endpoint, pods.items) if u), None)
+            url = next((u for u in map(pod_endpoint, pods) if u), None)
             if url is None:
                 log.info("%s: no ready pod to read performance from", name)
                 return
@@ -378,15 +421,7 @@ class Operator:
                 return
             # Not through patch_status: performance is no decision input, and a write
             # recorded in the overlay from outside the lock could mask a newer phase.
-            await self.custom.patch_namespaced_custom_object_status(
-                k8s.GROUP,
-                k8s.VERSION,
-                namespace,
-                k8s.PLURAL,
-                name,
-                {"status": {"performance": perf}},
-                _content_type=MERGE_PATCH,
-            )
+            await self.w.patch_model_status(namespace, name, {"performance": perf})
             log.info("%s: measured %s", name, perf)
         except asyncio.CancelledError:
             raise
@@ -424,16 +459,24 @@ class Operator:
 
     # -- conversion ---------------------------------------------------------------------
 
-    async def ensure_model(self, body: Body, models: kopf.Index, pods: kopf.Index) -> None:
-        """Deployment at the size the phase says; a conversion Job if the artifact is new."""
-        async with self.lock:
+    async def ensure_model(
+        self, body: Body, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
+    ) -> None:
+        """Deployment up to date; a conversion Job if the artifact is new.
+
+        Not under the decision lock (a start-up pass over many models must not queue
+        demands behind it) but under the model's own lock; its writes touch phases the
+        decisions leave alone (Pending, Converting, Failed -> Standby / Converting).
+        """
+        name = body["metadata"]["name"]
+        current = next(iter(deps.get(name, ())), None)
+        async with self.model_locks[name]:
             body = dict(self.overlay.apply(body))
-            name = body["metadata"]["name"]
             status = body.get("status") or {}
             gen = body["metadata"].get("generation")
             stamp = _now()
             if objects.is_converted(body):
-                await self.ensure_deployment(body, objects.replicas_for(body))
+                await self.ensure_deployment(body, objects.replicas_for(body), current)
                 if objects.phase_of(body) in (PENDING, CONVERTING, FAILED):
                     await self.patch_status(
                         body,
@@ -448,7 +491,9 @@ class Operator:
                     await self.patch_status(body, {"observedGeneration": gen})
             else:
                 # A new artifact: no pod may run the old one meanwhile.
-                await self.ensure_deployment(body, 0)
+                await self.ensure_deployment(body, 0, current)
+                if current is not None and current["replicas"]:
+                    await self.scale(body, 0)
                 try:
                     job = objects.conversion_job(body, self.config)
                 except objects.SourceRefused as exc:
@@ -484,7 +529,19 @@ class Operator:
                             message=f"Started Job {job['metadata']['name']}: {message}",
                         )
             log.debug("ensured %s", name)
-        await self.reconcile(models, pods)
+        self._note_resumed(name, models)
+        await self.reconcile(models, pods, deps)
+
+    def _note_resumed(self, name: str, models: kopf.Index) -> None:
+        """Log once when the spec handler has seen every model (the start-up pass)."""
+        if self._resumed is None:
+            return
+        self._resumed.add(name)
+        total = sum(len(store) for store in models.values())
+        if len(self._resumed) >= total:
+            took = time.monotonic() - self.started
+            log.info("start-up pass: %d models in %.2fs", total, took)
+            self._resumed = None
 
     async def _refuse_source(self, body: Body, message: str, stamp: str) -> None:
         """A source path outside --source-root: Failed with a condition and an Event, once."""
@@ -512,15 +569,13 @@ class Operator:
 
     async def _create_job(self, job: Body) -> bool:
         try:
-            await self.batch.create_namespaced_job(job["metadata"]["namespace"], cast(Any, job))
+            await self.w.create_job(job["metadata"]["namespace"], job)
             return True
-        except ApiException as exc:
-            if exc.status == 409:
-                return False
-            raise
+        except Conflict:
+            return False
 
     async def job_finished(
-        self, job: Body, models: kopf.Index, pods: kopf.Index, logger: logging.Logger
+        self, job: Body, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
     ) -> None:
         labels = job["metadata"].get("labels") or {}
         name = labels.get(k8s.LABEL_MODEL)
@@ -529,7 +584,7 @@ class Operator:
         failed = conditions.get("Failed", {}).get("status") == "True"
         if not name or not (succeeded or failed):
             return
-        async with self.lock:
+        async with self.model_locks[name]:
             body = next(
                 (
                     dict(self.overlay.apply(b))
@@ -598,14 +653,11 @@ class Operator:
                     },
                 )
                 _event(body, type="Warning", reason="ConversionFailed", message=message)
-        await self.reconcile(models, pods)
+        await self.reconcile(models, pods, deps)
 
     async def _job_pods(self, job: Body) -> list[Any]:
         meta = job["metadata"]
-        listing = await self.core.list_namespaced_pod(
-            meta["namespace"], label_selector=f"{JOB_NAME_LABEL}={meta['name']}"
-        )
-        return list(listing.items)
+        return await self.w.list_pods(meta["namespace"], f"{JOB_NAME_LABEL}={meta['name']}")
 
     async def _artifact_digest(self, job: Body) -> str:
         """The conversion prints a JSON summary; its termination message may carry it."""
@@ -614,10 +666,8 @@ class Operator:
                 for cs in (pod.status.container_statuses or []) if pod.status else []:
                     term = cs.state.terminated if cs.state else None
                     if term and term.message and "digest" in term.message:
-                        import json
-
                         return str(json.loads(term.message.strip().splitlines()[-1])["digest"])
-        except (ApiException, ValueError, KeyError):
+        except (ApiError, ValueError, KeyError):
             pass
         return ""
 
@@ -634,21 +684,20 @@ class Operator:
                         parts.append(objects.failure_reason(term.message))
                         continue
                     try:
-                        logs = await self.core.read_namespaced_pod_log(
-                            pod.metadata.name, pod.metadata.namespace, tail_lines=40
-                        )
-                        parts.append(objects.failure_reason(str(logs)))
-                    except ApiException:
+                        logs = await self.w.pod_log(pod.metadata.namespace, pod.metadata.name)
+                        parts.append(objects.failure_reason(logs))
+                    except ApiError:
                         pass
-        except ApiException as exc:
+        except ApiError as exc:
             parts.append(f"(could not read its pods: {exc.reason})")
         return "; ".join(p for p in parts if p) or "unknown error"
 
 
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
-    """Attach the handlers to `registry`, bound to `operator`."""
+    """Attach the handlers to `registry`, bound to `operator` (already connected)."""
     config = operator.config
     em = (k8s.GROUP, k8s.VERSION, k8s.PLURAL)
+    deployments = ("apps", "v1", "deployments")
     model_server = {k8s.LABEL_NAME: k8s.MODEL_SERVER_APP}
     converter = {k8s.LABEL_NAME: objects.CONVERTER_APP}
 
@@ -660,36 +709,36 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
-        from kubernetes_asyncio import config as kube_config
-
-        # Without these, a watch stream can hang silently forever on a broken connection.
-        settings.watching.server_timeout = 120
-        settings.watching.client_timeout = 150
-        settings.watching.connect_timeout = 10
-        settings.networking.request_timeout = 30
+        # Timeouts on every request and watch: a half-open connection must not freeze a
+        # watch (and with it the indexes) forever. The server ends each watch after
+        # server_timeout; the client gives up client_timeout after a silent stream.
+        settings.watching.server_timeout = int(config.watch_timeout)  # an integer query
+        settings.watching.client_timeout = config.watch_timeout + 15
+        settings.watching.connect_timeout = config.api_connect_timeout
+        settings.watching.reconnect_backoff = 0.5
+        settings.networking.connect_timeout = config.api_connect_timeout
+        settings.networking.request_timeout = config.api_connect_timeout + config.api_read_timeout
+        # No cluster-wide scanning of namespaces and CRDs: the operator has no RBAC for it,
+        # and kopf retries the forbidden listings for ~55 s before it falls back to the
+        # namespace it was given (a restarted operator stood still that long).
+        settings.scanning.disabled = True
         settings.posting.enabled = True
         settings.posting.level = logging.WARNING  # our own Events come from kopf.event()
-        settings.peering.name = config.peering
-        settings.peering.standalone = config.standalone
-        settings.peering.mandatory = not config.standalone
-        settings.peering.clusterwide = False
-        settings.peering.lifetime = 30
+        # One replica acts: the leader Lease is held before kopf starts (cli.py).
+        settings.peering.standalone = True
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=k8s.GROUP)
         settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
             prefix=k8s.GROUP, key="last-handled-configuration"
         )
-        try:
-            kube_config.load_incluster_config()
-        except kube_config.ConfigException:
-            await kube_config.load_kube_config()
-        operator.api = client.ApiClient()
 
     @kopf.on.cleanup(id="close", registry=registry)
     async def close(**_: Any) -> None:
         for task in list(operator.measurements.values()):
             task.cancel()
-        if operator.api is not None:
-            await operator.api.close()
+        if operator.ticker is not None:
+            operator.ticker.cancel()
+        if operator._wakeup is not None:
+            operator._wakeup.cancel()
 
     @kopf.index(*em, id="embedding_models", registry=registry)
     def embedding_models(body: kopf.Body, **_: Any) -> dict[None, Body]:
@@ -699,44 +748,68 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     def model_pods(body: kopf.Body, **_: Any) -> dict[None, Any]:
         return {None: pod_view(body)}
 
+    @kopf.index(*deployments, labels=model_server, id="model_deployments", registry=registry)
+    def model_deployments(body: kopf.Body, **_: Any) -> dict[str, Body]:
+        view = deployment_view(body)
+        return {view["model"]: view}
+
     @kopf.on.resume(*em, id="spec", registry=registry)  # type: ignore[arg-type]
     @kopf.on.create(*em, id="spec", registry=registry)  # type: ignore[arg-type]
     @kopf.on.update(*em, field="spec", id="spec", registry=registry)  # type: ignore[arg-type]
     async def spec_changed(
-        body: kopf.Body, embedding_models: kopf.Index, model_pods: kopf.Index, **_: Any
+        body: kopf.Body,
+        embedding_models: kopf.Index,
+        model_pods: kopf.Index,
+        model_deployments: kopf.Index,
+        **_: Any,
     ) -> None:
-        await operator.ensure_model(model_snapshot(body), embedding_models, model_pods)
+        await operator.ensure_model(
+            model_snapshot(body), embedding_models, model_pods, model_deployments
+        )
 
     @kopf.on.event(*em, id="model_event", registry=registry)  # type: ignore[arg-type]
-    async def model_event(embedding_models: kopf.Index, model_pods: kopf.Index, **_: Any) -> None:
-        await operator.reconcile(embedding_models, model_pods)
+    async def model_event(
+        embedding_models: kopf.Index,
+        model_pods: kopf.Index,
+        model_deployments: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await operator.reconcile(embedding_models, model_pods, model_deployments)
 
     @kopf.on.event("v1", "pods", labels=model_server, id="pod_event", registry=registry)  # type: ignore[arg-type]
-    async def pod_event(embedding_models: kopf.Index, model_pods: kopf.Index, **_: Any) -> None:
-        await operator.reconcile(embedding_models, model_pods)
+    async def pod_event(
+        embedding_models: kopf.Index,
+        model_pods: kopf.Index,
+        model_deployments: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await operator.reconcile(embedding_models, model_pods, model_deployments)
+
+    @kopf.on.event(*deployments, labels=model_server, id="deployment_event", registry=registry)  # type: ignore[arg-type]
+    async def deployment_event(
+        embedding_models: kopf.Index,
+        model_pods: kopf.Index,
+        model_deployments: kopf.Index,
+        **_: Any,
+    ) -> None:
+        await operator.reconcile(embedding_models, model_pods, model_deployments)
 
     @kopf.on.event("batch", "v1", "jobs", labels=converter, id="job_event", registry=registry)  # type: ignore[arg-type]
     async def job_event(
         body: kopf.Body,
         embedding_models: kopf.Index,
         model_pods: kopf.Index,
-        logger: logging.Logger,
+        model_deployments: kopf.Index,
         **_: Any,
     ) -> None:
         await operator.job_finished(
             {"metadata": dict(body["metadata"]), "status": dict(body.get("status") or {})},
             embedding_models,
             model_pods,
-            logger,
+            model_deployments,
         )
 
-    # Idle timeouts and residency expiry happen without any event. A kopf timer would
-    # put a finalizer on every active model (and block namespace deletion whenever the
-    # operator is gone), so one background task (`tick_forever`, started by the first
-    # decision) ticks instead, only while this replica is the active peer.
-    @kopf.on.cleanup(id="stop_ticking", registry=registry)
-    async def stop_ticking(**_: Any) -> None:
-        if operator.ticker is not None:
-            operator.ticker.cancel()
-        if operator._wakeup is not None:
-            operator._wakeup.cancel()
+    # Idle timeouts, residency and demand expiry happen without any event. A kopf timer
+    # would put a finalizer on every active model (and block namespace deletion whenever
+    # the operator is gone), so one background task (`tick_forever`, started by the first
+    # decision) ticks instead; it also re-advertises the node's capacity.

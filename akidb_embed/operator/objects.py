@@ -14,6 +14,7 @@ from typing import Any
 from akidb_embed import k8s
 from akidb_embed.artifact import artifact_key
 from akidb_embed.catalog import FAMILIES
+from akidb_embed.operator.capacity import pod_resources
 from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.placement import PENDING, desired_replicas
 
@@ -185,13 +186,20 @@ def _store_volume(config: OperatorConfig) -> dict[str, Any]:
     }
 
 
-def _resources(spec: Body) -> dict[str, Any]:
+def _resources(spec: Body, config: OperatorConfig) -> dict[str, Any]:
     wanted = spec.get("resources") or {}
-    requests: dict[str, str] = {"memory": str(wanted.get("memory", "512Mi"))}
+    memory = str(wanted.get("memory", "512Mi"))
+    requests: dict[str, str] = {"memory": memory}
     if wanted.get("cpu"):
         requests["cpu"] = str(wanted["cpu"])
+    # The node's model slots and memory budget, enforced by the scheduler (capacity.py);
+    # extended resources need limits = requests.
+    slots = pod_resources(memory, config.memory_budget)
     # Memory limit = request: the budget the placement counts is what the pod may use.
-    return {"requests": dict(requests), "limits": {"memory": requests["memory"]}}
+    return {
+        "requests": {**requests, **slots},
+        "limits": {"memory": memory, **slots},
+    }
 
 
 def server_command(body: Body, config: OperatorConfig) -> list[str]:
@@ -270,7 +278,7 @@ def model_deployment(body: Body, config: OperatorConfig, replicas: int) -> Body:
             "timeoutSeconds": 2,
             "failureThreshold": 6,
         },
-        "resources": _resources(spec),
+        "resources": _resources(body["spec"], config),
         "volumeMounts": mounts,
         "securityContext": container_security_context(),
     }
@@ -482,3 +490,19 @@ def failure_reason(text: str, limit: int = 1500) -> str:
     errors = [line for line in lines if "error" in line.lower()]
     tail = "\n".join(errors[-3:] if errors else lines[-5:])
     return tail[-limit:]
+
+
+TEMPLATE_HASH = f"{k8s.GROUP}/template-hash"
+
+
+def with_template_hash(deployment: Body) -> Body:
+    """The Deployment annotated with a hash of its spec minus replicas, so the operator
+    can tell from its index that one is up to date without writing it again."""
+    import hashlib
+    import json
+
+    spec = {k: v for k, v in deployment["spec"].items() if k != "replicas"}
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
+    meta = deployment["metadata"]
+    meta["annotations"] = {**(meta.get("annotations") or {}), TEMPLATE_HASH: digest}
+    return deployment

@@ -10,13 +10,21 @@ Slot accounting: a model in an active phase (Activating, Ready) holds one slot e
 before its pod exists; every pod on the node holds a slot until it is gone, whatever
 its model's phase. So a slot freed by an eviction becomes usable only once the pod has
 really disappeared, and activating into it can never push the count over capacity.
+A pod that has finished (phase Failed or Succeeded: evicted for node pressure, shut
+down with the node) runs nothing and holds no slot: the policy asks for its deletion
+(`DeletePod`) so that it does not linger. (The scheduler enforces the same bound with
+the node's extended resources; this policy decides *which* models hold the slots.)
+
+Level-triggered: given the replicas each model's Deployment has (`replicas`), the policy
+also returns a `Scale` for every Deployment whose size disagrees with its model's phase,
+so a write that failed in an earlier pass is repaired by the next one.
 """
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 # Phases of an EmbeddingModel (status.phase).
@@ -70,6 +78,11 @@ class ModelView:
         settled = [t for t in (self.active_since, self.last_evicted_at) if t is not None]
         return not settled or self.requested_at > max(settled)
 
+    def demand_at(self, now: float, ttl: float) -> bool:
+        """Unsettled demand that someone re-marked within `ttl` seconds (the gateway
+        re-marks while its requests wait), so an abandoned request expires."""
+        return self.has_demand and now - (self.requested_at or 0.0) <= ttl
+
 
 @dataclass(frozen=True)
 class PodView:
@@ -80,6 +93,8 @@ class PodView:
     terminating: bool = False
     ready: bool = False
     memory: int = 0  # used only for a pod whose EmbeddingModel no longer exists
+    finished: bool = False  # phase Failed or Succeeded: runs nothing, holds no slot
+    uid: str = ""  # metadata.uid (a deletion's precondition)
 
 
 @dataclass(frozen=True)
@@ -87,6 +102,8 @@ class Limits:
     capacity: int = 3  # model-server pods on the node, Terminating ones included
     memory_budget: int | None = None  # bytes for model pods; None = not limited
     min_residency: float = 30.0  # a model used this recently is not evicted for another
+    demand_ttl: float = 60.0  # a requestedAt not re-marked for this long has expired
+    min_retry: float = 0.5  # a Wait's retry_at is at least this far in the future
 
 
 # Actions -----------------------------------------------------------------------------
@@ -149,7 +166,35 @@ class MarkStandby:
     model: str
 
 
-Action = Activate | Evict | IdleStandby | Wait | MarkReady | MarkActivating | MarkStandby
+@dataclass(frozen=True)
+class DeletePod:
+    """A finished (Failed/Succeeded) model-server pod: delete it (its ReplicaSet will not)."""
+
+    model: str
+    pod: str
+    uid: str = ""
+
+
+@dataclass(frozen=True)
+class Scale:
+    """The model's Deployment has `observed` replicas; its phase implies `replicas`."""
+
+    model: str
+    replicas: int
+    observed: int
+
+
+Action = (
+    Activate
+    | Evict
+    | IdleStandby
+    | Wait
+    | MarkReady
+    | MarkActivating
+    | MarkStandby
+    | DeletePod
+    | Scale
+)
 
 
 @dataclass
@@ -195,19 +240,28 @@ def decide(
     pods: Iterable[PodView],
     limits: Limits,
     now: float,
+    replicas: Mapping[str, int] | None = None,
 ) -> list[Action]:
-    """The actions to take now. Deterministic: same inputs, same actions, same order."""
+    """The actions to take now. Deterministic: same inputs, same actions, same order.
+
+    `replicas`: spec.replicas of each model's Deployment as last seen (None: unknown,
+    no repairs); a model without a Deployment is left to the spec handler.
+    """
     by_name = {m.name: m for m in sorted(models, key=lambda m: m.name)}
     pods_of: dict[str, list[PodView]] = defaultdict(list)
     orphan_slots, orphan_memory = 0, 0
-    for pod in pods:
+    finished: list[DeletePod] = []
+    for pod in sorted(pods, key=lambda p: p.name):
+        if pod.finished:
+            finished.append(DeletePod(pod.model, pod.name, pod.uid))
+            continue
         if pod.model in by_name:
             pods_of[pod.model].append(pod)
         else:
             orphan_slots += 1
             orphan_memory += pod.memory
 
-    actions: list[Action] = []
+    actions: list[Action] = list(finished)
     phase = {name: m.phase for name, m in by_name.items()}
 
     # 1. Bookkeeping: phases that follow from the pods.
@@ -269,7 +323,9 @@ def decide(
         (
             m
             for name, m in by_name.items()
-            if m.converted and phase[name] in (STANDBY, EVICTING) and m.has_demand
+            if m.converted
+            and phase[name] in (STANDBY, EVICTING)
+            and m.demand_at(now, limits.demand_ttl)
         ),
         key=lambda m: (m.requested_at, m.name),
     )
@@ -329,10 +385,12 @@ def decide(
                 budget.pending_slots -= 1
                 budget.pending_memory -= victim.memory
             blockers = sorted(n for n in by_name if phase[n] in ACTIVE_PHASES and n not in leaving)
+            # Only a time still ahead can change the decision: one already past belongs
+            # to a model chosen for an earlier waiter (deciding again at once would spin).
             residency_ends = [
-                by_name[n].last_used + limits.min_residency
+                max(by_name[n].last_used + limits.min_residency, now + limits.min_retry)
                 for n in blockers
-                if not by_name[n].pinned
+                if not by_name[n].pinned and by_name[n].last_used + limits.min_residency > now
             ]
             actions.append(
                 Wait(
@@ -368,7 +426,32 @@ def decide(
                 f"{', '.join(v.name for v in chosen) or 'a stopping pod'} has stopped",
             )
         )
+    if replicas is not None:
+        actions.extend(_replica_repairs(by_name, phase, actions, replicas))
     return actions
+
+
+def _replica_repairs(
+    by_name: Mapping[str, ModelView],
+    phase: Mapping[str, str],
+    actions: Sequence[Action],
+    replicas: Mapping[str, int],
+) -> list[Scale]:
+    """Deployments whose size disagrees with their model's phase after this decision.
+
+    Models that this decision activates or evicts are left out: applying those actions
+    scales them (and a failure there is repaired by the next pass, through this).
+    """
+    moved = {a.model for a in actions if isinstance(a, Activate | Evict | IdleStandby)}
+    repairs: list[Scale] = []
+    for name in by_name:
+        observed = replicas.get(name)
+        if observed is None or name in moved:
+            continue
+        want = desired_replicas(phase[name])
+        if observed != want:
+            repairs.append(Scale(name, want, observed))
+    return repairs
 
 
 def desired_replicas(phase: str) -> int:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from akidb_embed import k8s
-from akidb_embed.operator.objects import is_converted, phase_of
+from akidb_embed.operator.objects import TEMPLATE_HASH, is_converted, phase_of
 from akidb_embed.operator.placement import ModelView, PodView
 from akidb_embed.units import memory_bytes, parse_duration
 
@@ -97,8 +97,9 @@ def pod_view(pod: Any) -> PodView:
         c.get("type") == "Ready" and c.get("status") == "True"
         for c in status.get("conditions") or []
     )
-    # A pod that finished (Succeeded/Failed) no longer runs but still exists; it is
-    # counted like a terminating one until the ReplicaSet removes it.
+    # A pod that finished (Succeeded/Failed: node-pressure eviction, node shutdown) runs
+    # nothing but stays until someone deletes it (its ReplicaSet does not): the policy
+    # counts no slot for it and asks for its deletion.
     finished = status.get("phase") in ("Succeeded", "Failed")
     memory = 0
     for container in (pod.get("spec") or {}).get("containers") or []:
@@ -107,10 +108,22 @@ def pod_view(pod: Any) -> PodView:
     return PodView(
         name=meta["name"],
         model=(meta.get("labels") or {}).get(k8s.LABEL_MODEL, ""),
-        terminating=bool(meta.get("deletionTimestamp")) or finished,
+        terminating=bool(meta.get("deletionTimestamp")),
         ready=ready and not finished,
         memory=memory,
+        finished=finished,
+        uid=str(meta.get("uid") or ""),
     )
+
+
+def deployment_view(body: Any) -> Body:
+    """What the decisions need of a model's Deployment: its model, size, template hash."""
+    meta = body["metadata"]
+    return {
+        "model": (meta.get("labels") or {}).get(k8s.LABEL_MODEL, ""),
+        "replicas": int((body.get("spec") or {}).get("replicas") or 0),
+        "templateHash": (meta.get("annotations") or {}).get(TEMPLATE_HASH),
+    }
 
 
 @dataclass
@@ -150,19 +163,3 @@ class WriteOverlay:
         merged = dict(body)
         merged["status"] = {**status, **{k: v for k, v in ours.items() if v is not None}}
         return merged
-
-
-def peering_allows(peers: Body, identity: str, priority: int, now: float) -> bool:
-    """kopf's peering rule: act unless another live peer has the same or a higher priority.
-
-    `peers` is a KopfPeering's status: {identity: {priority, lifetime, lastseen}}.
-    """
-    for peer, info in peers.items():
-        if peer == identity or not isinstance(info, dict):
-            continue
-        seen = k8s.parse_time(info.get("lastseen"))
-        if seen is None or seen + float(info.get("lifetime", 60)) <= now:
-            continue  # dead
-        if int(info.get("priority", 0)) >= priority:
-            return False
-    return True

@@ -118,7 +118,14 @@ def render_local_overlay(store: Path, hf_cache: Path, kubectl: Any) -> list[dict
     for doc in docs:
         if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "akidb-operator":
             env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
-            overrides = {"AKIDB_MODEL_STORE": str(store), "AKIDB_HF_CACHE": str(hf_cache)}
+            # Pods run as local processes of the node; PYTHONPATH makes them run this
+            # source tree (not whatever akidb_embed the shared environment installed).
+            overrides = {
+                "AKIDB_MODEL_STORE": str(store),
+                "AKIDB_HF_CACHE": str(hf_cache),
+                "PYTHONPATH": str(ROOT),
+                "AKIDB_POD_ENV": f"PYTHONPATH={ROOT}",
+            }
             for item in env:
                 if item["name"] in overrides:
                     item["value"] = overrides.pop(item["name"])
@@ -170,7 +177,7 @@ def test_operator_runs_under_its_own_least_privilege_service_account(deployed: D
     pods = deployed.cluster.get_json(
         "pods", "-n", NS, "-l", "app.kubernetes.io/name=akidb-operator"
     )["items"]
-    assert [p["spec"]["serviceAccountName"] for p in pods] == ["akidb-operator"]
+    assert {p["spec"]["serviceAccountName"] for p in pods} == {"akidb-operator"}
     sa = f"system:serviceaccount:{NS}:akidb-operator"
 
     def can(verb: str, resource: str) -> bool:
@@ -182,8 +189,20 @@ def test_operator_runs_under_its_own_least_privilege_service_account(deployed: D
     assert not can("delete", "deployments.apps")
     assert not can("create", "pods") and not can("get", "secrets")
     assert can("watch", "pods")  # namespaced read is allowed...
+    assert can("delete", "pods")  # finished (Failed/Succeeded) model pods
+    assert can("update", "leases.coordination.k8s.io")  # the leader Lease
     proc = deployed.kubectl("auth", "can-i", "list", "pods", "-A", "--as", sa, check=False)
-    assert proc.stdout.strip() == "no"  # ...but nothing cluster-wide
+    assert proc.stdout.strip() == "no"  # ...but no pods cluster-wide
+    # Cluster-wide only: read nodes and patch their status (the extended resources).
+    for verb, resource, allowed in [
+        ("patch", "nodes --subresource=status", "yes"),
+        ("list", "nodes", "yes"),
+        ("patch", "nodes", "no"),
+        ("delete", "nodes", "no"),
+    ]:
+        args = ["auth", "can-i", verb, *resource.split(), "--as", sa]
+        proc = deployed.kubectl(*args, check=False)
+        assert proc.stdout.strip() == allowed, (verb, resource, proc.stdout)
 
 
 @pytest.mark.parametrize(
@@ -405,24 +424,21 @@ def test_capacity_holds_across_random_demands_two_replicas_and_restarts(deployed
                 deployed.demand(name)
             else:
                 deployed.served(name)
-            if step == 3:  # two replicas: kopf peering lets only the newest act
-                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=2")
+            if step == 3:  # three replicas: only the holder of the Lease acts
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=3")
             if step == 6:
-                peers = deployed.cluster.wait_for(
-                    lambda: _live_peers(deployed) if len(_live_peers(deployed)) == 2 else None,
-                    60,
-                    "two operator replicas in the KopfPeering",
+                deployed.cluster.wait_for(
+                    lambda: len(_running_operators(deployed)) == 3, 60, "three operator replicas"
                 )
-                assert len({p["priority"] for p in peers.values()}) == 2
-            if step == 8:  # kill the active (newest) replica; the older one takes over
-                newest = max(
-                    _operator_pods(deployed), key=lambda p: p["metadata"]["creationTimestamp"]
-                )
+                holder = _lease_holder(deployed)
+                assert holder in _running_operators(deployed)
+            if step == 8:  # kill the leader (forced: no release); the other one takes over
                 deployed.kubectl(
-                    "delete", "pod", "-n", NS, newest["metadata"]["name"], "--wait=false"
-                )
+                    "delete", "pod", "-n", NS, _lease_holder(deployed), "--grace-period=0",
+                    "--force", "--wait=false",
+                )  # fmt: skip
             if step == 11:
-                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=1")
+                deployed.kubectl("scale", "deployment", "akidb-operator", "-n", NS, "--replicas=2")
             time.sleep(rng.uniform(0.2, 4.0))
             activated |= _ready_model_names(deployed)
         # Every demand is eventually served (all unpinned, residency 5 s).
@@ -457,14 +473,17 @@ def _operator_pods(deployed: Deployed) -> list[dict[str, Any]]:
     )["items"]
 
 
-def _live_peers(deployed: Deployed) -> dict[str, Any]:
-    peering = deployed.cluster.get_json("kopfpeering", "akidb-operator", "-n", NS)
-    now = time.time()
+def _running_operators(deployed: Deployed) -> set[str]:
     return {
-        name: info
-        for name, info in (peering.get("status") or {}).items()
-        if (k8s.parse_time(info.get("lastseen")) or 0) + info.get("lifetime", 60) > now
+        p["metadata"]["name"]
+        for p in _operator_pods(deployed)
+        if p["status"].get("phase") == "Running" and not p["metadata"].get("deletionTimestamp")
     }
+
+
+def _lease_holder(deployed: Deployed) -> str:
+    lease = deployed.cluster.get_json("lease", "akidb-operator", "-n", NS)
+    return str(lease["spec"].get("holderIdentity") or "")
 
 
 def _demand_settled(em: dict[str, Any]) -> bool:
@@ -524,3 +543,205 @@ def test_an_idle_model_goes_back_to_standby_on_its_own(deployed: Deployed) -> No
     )
     assert "(idleTimeout 3s)" in idle[-1]["message"]
     deployed.delete_models("idler")
+
+
+# Issue 9: capacity the scheduler enforces, level-triggered repairs, fast failover ----------
+
+
+def _occupying(pods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Model pods that hold the node's resources: bound, not finished (Terminating too)."""
+    return [
+        p
+        for p in pods
+        if p["spec"].get("nodeName")
+        and (p.get("status") or {}).get("phase") not in ("Succeeded", "Failed")
+    ]
+
+
+def _fill(deployed: Deployed, names: list[str]) -> None:
+    for name in names:
+        deployed.create_tiny(name)
+    for name in names:
+        deployed.wait_phase(name, "Standby", timeout=180)
+    for name in names:
+        deployed.demand(name)
+    for name in names:
+        deployed.wait_phase(name, "Ready", timeout=90)
+
+
+def test_the_node_advertises_model_slots_and_memory(deployed: Deployed) -> None:
+    node = deployed.cluster.wait_for(
+        lambda: (
+            n
+            if (n := deployed.cluster.get_json("node", deployed.cluster.node_name))["status"][
+                "allocatable"
+            ].get("akidb.io/model-slot")
+            else None
+        ),
+        30,
+        "akidb.io/model-slot on the node",
+    )
+    status = node["status"]
+    assert status["capacity"]["akidb.io/model-slot"] == str(CAPACITY)
+    assert status["allocatable"]["akidb.io/model-memory"] == str(8 * 1024)  # 8Gi overlay
+    # Removed by someone (a node re-registering): the next pass advertises it again.
+    patch = {"status": {"capacity": {"akidb.io/model-slot": None}}}
+    deployed.kubectl(
+        "patch", "node", deployed.cluster.node_name, "--subresource=status", "--type=merge",
+        "-p", json.dumps(patch),
+    )  # fmt: skip
+    deployed.cluster.wait_for(
+        lambda: (
+            deployed.cluster.get_json("node", deployed.cluster.node_name)["status"]["capacity"].get(
+                "akidb.io/model-slot"
+            )
+            == str(CAPACITY)
+        ),
+        20,
+        "the slots to be advertised again",
+    )
+
+
+def test_a_replacement_pod_stays_pending_beside_a_terminating_one(deployed: Deployed) -> None:
+    names = ["cap-a", "cap-b", "cap-c"]
+    _fill(deployed, names)
+    (victim,) = [
+        p for p in deployed.model_pods() if p["metadata"]["labels"][k8s.LABEL_MODEL] == "cap-b"
+    ]
+    pod = victim["metadata"]["name"]
+    for p in deployed.model_pods():
+        requests = p["spec"]["containers"][0]["resources"]["requests"]
+        assert requests["akidb.io/model-slot"] == "1" and requests["akidb.io/model-memory"]
+    # A finalizer holds the deleted pod in Terminating for as long as the test wants; the
+    # ReplicaSet creates its replacement at once, as it does for any graceful deletion.
+    hold = {"metadata": {"finalizers": ["akidb.io/test-hold"]}}
+    deployed.kubectl("patch", "pod", pod, "-n", NS, "--type=merge", "-p", json.dumps(hold))
+    deployed.kubectl("delete", "pod", pod, "-n", NS, "--wait=false")
+    try:
+        replacement = deployed.cluster.wait_for(
+            lambda: next(
+                (
+                    p
+                    for p in deployed.model_pods()
+                    if p["metadata"]["labels"][k8s.LABEL_MODEL] == "cap-b"
+                    and p["metadata"]["name"] != pod
+                ),
+                None,
+            ),
+            20,
+            "the ReplicaSet's replacement pod",
+        )
+        name = replacement["metadata"]["name"]
+        deadline = time.monotonic() + 6
+        while time.monotonic() < deadline:
+            pods = deployed.model_pods()
+            assert len(_occupying(pods)) <= CAPACITY, [p["metadata"]["name"] for p in pods]
+            time.sleep(0.2)
+        current = deployed.cluster.get_json("pod", name, "-n", NS)
+        assert not current["spec"].get("nodeName"), "the 4th pod was bound to the node"
+        scheduled = next(c for c in current["status"]["conditions"] if c["type"] == "PodScheduled")
+        assert scheduled["status"] == "False" and scheduled["reason"] == "Unschedulable"
+        assert "akidb.io/model-slot" in scheduled["message"], scheduled
+    finally:
+        release = {"metadata": {"finalizers": None}}
+        deployed.kubectl(
+            "patch", "pod", pod, "-n", NS, "--type=merge", "-p", json.dumps(release), check=False
+        )
+    # Once the old pod is gone, the replacement runs and the model serves again.
+    deployed.wait_phase("cap-b", "Ready", timeout=60)
+    assert len(_occupying(deployed.model_pods())) <= CAPACITY
+    deployed.delete_models(*names)
+
+
+def test_a_failed_pod_is_deleted_and_its_model_reaches_standby(deployed: Deployed) -> None:
+    deployed.create_tiny("fail-a", idleTimeout="8s")
+    deployed.wait_phase("fail-a", "Standby", timeout=180)
+    deployed.demand("fail-a")
+    deployed.wait_phase("fail-a", "Ready", timeout=60)
+    (pod,) = deployed.model_pods()
+    name = pod["metadata"]["name"]
+    # What a node-pressure eviction leaves: phase Failed, reason Evicted (a terminal phase
+    # cannot change back). No controller deletes such a pod; the operator must.
+    failed = {"status": {"phase": "Failed", "reason": "Evicted", "message": "test eviction"}}
+    deployed.kubectl(
+        "patch", "pod", name, "-n", NS, "--subresource=status", "--type=merge",
+        "-p", json.dumps(failed),
+    )  # fmt: skip
+    deployed.cluster.wait_for(
+        lambda: name not in {p["metadata"]["name"] for p in deployed.model_pods()},
+        20,
+        f"the operator to delete the Failed pod {name}",
+    )
+    # Its replacement serves, then idles out: the model reaches Standby (it never did
+    # while a Failed pod counted as a slot forever).
+    em = deployed.wait_phase("fail-a", "Standby", timeout=60)
+    assert em["status"]["reason"] == "Stopped"
+    assert not deployed.model_pods()
+    deployed.delete_models("fail-a")
+
+
+def test_a_deployment_at_the_wrong_size_is_repaired_by_the_next_pass(deployed: Deployed) -> None:
+    names = ["rep-a", "rep-b"]
+    deployed.create_tiny("rep-a")
+    deployed.create_tiny("rep-b")
+    deployed.wait_phase("rep-a", "Standby", timeout=180)
+    deployed.wait_phase("rep-b", "Standby", timeout=180)
+    deployed.demand("rep-a")
+    deployed.wait_phase("rep-a", "Ready", timeout=60)
+
+    def replicas(model: str) -> int:
+        dep = deployed.cluster.get_json("deployment", f"model-{model}", "-n", NS)
+        return int(dep["spec"]["replicas"])
+
+    # As if the operator's scale had failed after its status patch: Ready at 0, Standby at 1.
+    deployed.kubectl("scale", "deployment", "model-rep-a", "-n", NS, "--replicas=0")
+    deployed.kubectl("scale", "deployment", "model-rep-b", "-n", NS, "--replicas=1")
+    deployed.cluster.wait_for(
+        lambda: replicas("rep-a") == 1 and replicas("rep-b") == 0, 20, "the repairs"
+    )
+    deployed.wait_phase("rep-a", "Ready", timeout=60)
+    deployed.cluster.wait_for(
+        lambda: (
+            not [
+                p
+                for p in deployed.model_pods()
+                if p["metadata"]["labels"][k8s.LABEL_MODEL] == "rep-b"
+            ]
+        ),
+        60,
+        "rep-b's stray pod to go",
+    )
+    assert deployed.phase("rep-b") == "Standby"
+    deployed.delete_models(*names)
+
+
+def test_a_replaced_operator_acts_within_five_seconds(deployed: Deployed) -> None:
+    deployed.create_tiny("fo-a")
+    deployed.wait_phase("fo-a", "Standby", timeout=180)
+    deployed.cluster.wait_for(
+        lambda: len(_running_operators(deployed)) == 2, 90, "leader and hot standby"
+    )
+    old = _lease_holder(deployed)
+    assert old in _running_operators(deployed)
+    # Graceful deletion (as a node drain does): the old operator releases the Lease on
+    # SIGTERM; the standby takes it at once, starts its watches and decides.
+    started = time.time()
+    deployed.kubectl("delete", "pod", old, "-n", NS, "--wait=false")
+    deployed.demand("fo-a")
+
+    def activated() -> dict[str, Any] | None:
+        em = deployed.em("fo-a")
+        return em if (em.get("status") or {}).get("phase") in ("Activating", "Ready") else None
+
+    em = deployed.cluster.wait_for(
+        activated,
+        30,
+        "the new operator to activate fo-a",
+    )
+    acted = k8s.parse_time(em["status"]["activeSince"]) or 0.0
+    failover = acted - started
+    print(f"\noperator failover: demand after deleting the leader served at +{failover:.2f}s")
+    holder = _lease_holder(deployed)
+    assert holder and holder != old
+    assert failover <= 5.0, f"the new operator acted {failover:.1f}s after the old one left"
+    deployed.delete_models("fo-a")

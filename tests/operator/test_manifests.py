@@ -213,10 +213,19 @@ def test_rbac_is_least_privilege() -> None:
         for group in rule["apiGroups"]
         for resource in rule["resources"]
     }
-    assert verbs[("", "pods")] == {"get", "list", "watch"}
+    # delete: finished (Failed/Succeeded) model pods, which no controller removes.
+    assert verbs[("", "pods")] == {"get", "list", "watch", "delete"}
     assert verbs[(k8s.GROUP, "embeddingmodels/status")] == {"get", "patch"}
-    assert all("*" not in v and "delete" not in v for v in verbs.values())
-    assert not any(d["kind"].startswith("Cluster") for d in docs)
+    assert verbs[("coordination.k8s.io", "leases")] == {"get", "create", "update"}
+    assert all("*" not in v for v in verbs.values())
+    assert not any("delete" in v for key, v in verbs.items() if key != ("", "pods"))
+    # Cluster-wide: only reading nodes and patching their status (extended resources).
+    (cluster_role,) = [d for d in docs if d["kind"] == "ClusterRole"]
+    cluster_verbs = {(r["resources"][0], v) for r in cluster_role["rules"] for v in r["verbs"]}
+    assert cluster_verbs == {("nodes", "get"), ("nodes", "list"), ("nodes/status", "patch")}
+    (binding,) = [d for d in docs if d["kind"] == "ClusterRoleBinding"]
+    assert binding["roleRef"]["name"] == cluster_role["metadata"]["name"]
+    assert [s["name"] for s in binding["subjects"]] == ["akidb-operator"]
     gateway = load_all(MANIFESTS / "base" / "rbac-gateway.yaml")
     (grole,) = [d for d in gateway if d["kind"] == "Role"]
     granted = {(r["resources"][0], v) for r in grole["rules"] for v in r["verbs"]}
@@ -224,17 +233,19 @@ def test_rbac_is_least_privilege() -> None:
     assert ("embeddingmodels", "patch") not in granted
 
 
-def test_operator_deployment_uses_its_service_account_peering_and_liveness() -> None:
+def test_operator_deployment_uses_its_service_account_lease_and_liveness() -> None:
     docs = load_all(MANIFESTS / "base" / "operator.yaml")
     (dep,) = [d for d in docs if d["kind"] == "Deployment"]
-    (peering,) = [d for d in docs if d["kind"] == "KopfPeering"]
+    assert dep["spec"]["strategy"] == {"type": "Recreate"}  # no old/new mix in a rollout
+    assert dep["spec"]["replicas"] == 2  # a hot standby waiting for the Lease
     pod = dep["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == "akidb-operator"
     (c,) = pod["containers"]
     assert c["command"] == ["akidb-embed", "operator"]
     env = {e["name"]: e.get("value") for e in c["env"]}
-    assert env["AKIDB_PEERING"] == peering["metadata"]["name"]
-    assert "POD_ID" in env  # kopf's peering identity
+    assert env["AKIDB_LEASE"] == "akidb-operator"
+    (pod_id,) = [e for e in c["env"] if e["name"] == "POD_ID"]  # unique identity: pod name
+    assert pod_id["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert "--liveness" in c["args"]
     assert pod["securityContext"]["runAsNonRoot"] is True

@@ -12,7 +12,7 @@ from akidb_embed.artifact import artifact_key
 from akidb_embed.operator import objects
 from akidb_embed.operator.config import OperatorConfig, add_arguments, from_args, parse_selector
 from akidb_embed.operator.placement import ACTIVATING, EVICTING, READY, STANDBY
-from akidb_embed.operator.state import WriteOverlay, model_view, peering_allows, pod_view
+from akidb_embed.operator.state import WriteOverlay, model_view, pod_view
 from akidb_embed.units import (
     format_bytes,
     memory_bytes,
@@ -110,9 +110,11 @@ def test_deployment_runs_the_server_on_the_node_with_labels_probes_and_owner() -
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
     assert c["readinessProbe"]["periodSeconds"] == 1
     assert c["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    # One model slot and the memory in MiB, as extended resources (limits = requests).
+    slots = {"akidb.io/model-slot": "1", "akidb.io/model-memory": "768"}
     assert c["resources"] == {
-        "requests": {"memory": "768Mi", "cpu": "2"},
-        "limits": {"memory": "768Mi"},
+        "requests": {"memory": "768Mi", "cpu": "2", **slots},
+        "limits": {"memory": "768Mi", **slots},
     }
     # Read-only store and root file system: /tmp (an emptyDir) is the only scratch.
     assert c["volumeMounts"] == [
@@ -330,8 +332,9 @@ def test_pod_view_counts_terminating_and_finished_pods() -> None:
     pod["metadata"]["deletionTimestamp"] = "2025-01-01T00:00:00Z"
     assert pod_view(pod).terminating
     del pod["metadata"]["deletionTimestamp"]
-    pod["status"]["phase"] = "Failed"
-    assert pod_view(pod).terminating and not pod_view(pod).ready
+    pod["status"]["phase"] = "Failed"  # node-pressure eviction: holds no slot, to delete
+    failed = pod_view(pod)
+    assert failed.finished and not failed.ready and not failed.terminating
 
 
 def test_write_overlay_bridges_until_the_watch_catches_up() -> None:
@@ -411,13 +414,19 @@ def test_flags_and_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         parse_selector("novalue")
 
 
-def test_peering_rule_matches_kopf() -> None:
-    now = 1735689600.0  # 2025-01-01T00:00:00Z
-    alive = {"lastseen": "2024-12-31T23:59:50Z", "lifetime": 30}
-    dead = {"lastseen": "2024-12-31T23:58:00Z", "lifetime": 30}
-    me = {"priority": 100, **alive}
-    assert peering_allows({"me": me}, "me", 100, now)
-    assert peering_allows({"me": me, "old": {"priority": 50, **alive}}, "me", 100, now)
-    assert not peering_allows({"me": me, "new": {"priority": 200, **alive}}, "me", 100, now)
-    assert not peering_allows({"me": me, "twin": {"priority": 100, **alive}}, "me", 100, now)
-    assert peering_allows({"me": me, "gone": {"priority": 200, **dead}}, "me", 100, now)
+def test_node_advertises_slots_and_memory_and_pods_request_them() -> None:
+    from akidb_embed.operator.capacity import node_resources, node_status_patch, pod_resources
+
+    wanted = node_resources(3, 8 * 2**30)
+    assert wanted == {"akidb.io/model-slot": "3", "akidb.io/model-memory": "8192"}
+    assert node_resources(2, None) == {"akidb.io/model-slot": "2"}  # memory unlimited
+    assert pod_resources("1.5Gi", 8 * 2**30)["akidb.io/model-memory"] == "1536"
+    assert pod_resources("1000000", 8 * 2**30)["akidb.io/model-memory"] == "1"  # rounded up
+    assert pod_resources("1Gi", None) == {"akidb.io/model-slot": "1"}
+    node = {"status": {"capacity": {"cpu": "2"}, "allocatable": {"cpu": "2"}}}
+    patch = node_status_patch(node, wanted)
+    assert patch == {"status": {"capacity": wanted, "allocatable": wanted}}
+    advertised = {"status": {"capacity": {"cpu": "2", **wanted}, "allocatable": dict(wanted)}}
+    assert node_status_patch(advertised, wanted) is None
+    # A changed capacity is re-advertised.
+    assert node_status_patch(advertised, node_resources(4, 8 * 2**30)) is not None

@@ -18,6 +18,7 @@ from akidb_embed.operator.placement import (
     STANDBY,
     WAITING_FOR_EVICTION,
     Activate,
+    DeletePod,
     Evict,
     IdleStandby,
     Limits,
@@ -26,6 +27,7 @@ from akidb_embed.operator.placement import (
     MarkStandby,
     ModelView,
     PodView,
+    Scale,
     Wait,
     decide,
     slots_in_use,
@@ -230,6 +232,7 @@ class SimPod:
     model: str
     terminating: bool = False
     ready: bool = False
+    finished: bool = False  # Failed (node-pressure eviction): stays until deleted
 
 
 @dataclasses.dataclass
@@ -242,17 +245,33 @@ class Node:
     pods: list[SimPod] = dataclasses.field(default_factory=list)
     counter: int = 0
     max_slots_seen: int = 0
+    # spec.replicas of each Deployment; the operator's scale writes may fail.
+    replicas: dict[str, int] = dataclasses.field(default_factory=dict)
+    fail_scales: bool = False
 
     def views(self) -> tuple[list[ModelView], list[PodView]]:
-        pods = [PodView(p.name, p.model, p.terminating, p.ready) for p in self.pods]
+        pods = [
+            PodView(p.name, p.model, p.terminating, p.ready, finished=p.finished) for p in self.pods
+        ]
         return list(self.models.values()), pods
 
     def check_pods(self) -> None:
-        assert len(self.pods) <= self.limits.capacity, self.pods
+        running = [p for p in self.pods if not p.finished]
+        assert len(running) <= self.limits.capacity, self.pods
         if self.limits.memory_budget is not None:
-            used = sum(self.models[p.model].memory for p in self.pods)
+            used = sum(self.models[p.model].memory for p in running)
             assert used <= self.limits.memory_budget
-        self.max_slots_seen = max(self.max_slots_seen, len(self.pods))
+        self.max_slots_seen = max(self.max_slots_seen, len(running))
+
+    def scale(self, name: str, replicas: int) -> None:
+        if not self.fail_scales:
+            self.replicas[name] = replicas
+
+    def remark(self) -> None:
+        """The gateway re-marks demand while its requests wait (so it does not expire)."""
+        for name, m in self.models.items():
+            if m.has_demand and not m.active:
+                self.set(name, requested_at=self.now)
 
     def set(self, name: str, **changes: object) -> None:
         self.models[name] = dataclasses.replace(self.models[name], **changes)  # type: ignore[arg-type]
@@ -266,25 +285,34 @@ class Node:
 
     def controllers(self) -> None:
         """Deployments converge: active models get a pod, others lose theirs."""
-        for name, m in self.models.items():
-            live = [p for p in self.pods if p.model == name and not p.terminating]
-            if m.active and not live:
+        for name in self.models:
+            live = [
+                p for p in self.pods if p.model == name and not p.terminating and not p.finished
+            ]
+            if self.replicas.get(name, 0) > len(live):
                 self.counter += 1
                 self.pods.append(SimPod(f"{name}-{self.counter}", name))
-            if not m.active:
+            if self.replicas.get(name, 0) == 0:
                 for p in live:
                     p.terminating = True
-        self.check_pods()
 
     def decide_and_apply(self) -> list:
         models, pods = self.views()
-        actions = decide(models, pods, self.limits, self.now)
+        actions = decide(models, pods, self.limits, self.now, replicas=dict(self.replicas))
         check_decision(models, actions, self.limits, self.now)
+        # The invariant the scheduler enforces, checked against what the operator wants:
+        # after these actions converge, no more pods than capacity could exist.
         for a in actions:
             if isinstance(a, Activate):
                 self.set(a.model, phase=ACTIVATING, active_since=self.now)
+                self.scale(a.model, 1)
             elif isinstance(a, Evict | IdleStandby):
                 self.set(a.model, phase=EVICTING, last_evicted_at=self.now)
+                self.scale(a.model, 0)
+            elif isinstance(a, Scale):
+                self.scale(a.model, a.replicas)
+            elif isinstance(a, DeletePod):
+                self.pods = [p for p in self.pods if p.name != a.pod]
             elif isinstance(a, MarkReady):
                 self.set(a.model, phase=READY)
             elif isinstance(a, MarkActivating):
@@ -329,6 +357,8 @@ round_ = st.tuples(
     st.sampled_from([0.5, 2.0, 10.0, 31.0, 90.0, 400.0]),  # seconds that pass
     st.booleans(),  # starting pods turn ready
     st.booleans(),  # one terminating pod disappears
+    st.sampled_from([False, False, False, True]),  # this round's scale writes fail
+    st.sampled_from([False, False, False, True]),  # one running pod fails (evicted)
 )
 
 
@@ -352,7 +382,7 @@ def test_random_histories_keep_the_invariants(
     memories: list[int],
     budget: int | None,
     idle_timeouts: list[float | None],
-    rounds: list[tuple[int | None, float, bool, bool]],
+    rounds: list[tuple[int | None, float, bool, bool, bool, bool]],
     names: list[str],
 ) -> None:
     limits = Limits(
@@ -369,30 +399,42 @@ def test_random_histories_keep_the_invariants(
         )
         for i in range(n_models)
     }
-    node = Node(models, limits)
-    for request, seconds, turn_ready, one_gone in rounds:
+    node = Node(models, limits, replicas=dict.fromkeys(models, 0))  # Standby Deployments
+    for request, seconds, turn_ready, one_gone, fail_scales, one_fails in rounds:
         if request is not None:
             node.request(names[request % n_models])
         node.now += seconds
+        node.remark()
+        node.fail_scales = fail_scales
         node.decide_and_apply()
+        node.fail_scales = False
         node.controllers()
+        node.check_pods()
         if turn_ready:
             for p in node.pods:
-                p.ready = True
+                p.ready = not p.finished
         stopping = [p for p in node.pods if p.terminating]
         if one_gone and stopping:
             node.pods.remove(stopping[0])
+        running = [p for p in node.pods if not p.terminating and not p.finished]
+        if one_fails and running:
+            running[0].finished, running[0].ready = True, False
         node.decide_and_apply()
 
     # Liveness: with time passing and pods converging, every demand is served, unless
     # the model can never fit (bigger than the budget, or the node is full of pinned ones).
+    # Failed scale writes and failed pods are repaired on the way (level-triggered).
     for _ in range(4 * n_models + 4):
+        node.remark()
         node.decide_and_apply()
         node.controllers()
         for p in node.pods:
-            p.ready = True
+            p.ready = not p.finished
         node.pods = [p for p in node.pods if not p.terminating]
         node.now += limits.min_residency + 1
+    assert not [p for p in node.pods if p.finished], "a failed pod was never deleted"
+    for name, m in node.models.items():
+        assert node.replicas.get(name, 0) == (1 if m.active else 0), (name, node.replicas)
     pinned_memory = sum(m.memory for m in node.models.values() if m.pinned and m.active)
     pinned_slots = sum(1 for x in node.models.values() if x.pinned and x.active)
     for m in node.models.values():
@@ -407,3 +449,80 @@ def test_slots_in_use_counts_reserved_and_terminating() -> None:
     pods = [pod("b", terminating=True), PodView("x", "unknown")]
     assert slots_in_use(models, pods) == 3
     assert not math.isinf(ModelView("a", last_request=5.0).last_used)
+
+
+# Issue 9 findings: each of these failed on the policy before the fix ---------------------
+
+
+def test_a_failed_pod_holds_no_slot_and_is_deleted() -> None:
+    # Node-pressure eviction left a Failed pod of b; a, c run; d is demanded.
+    models = [ready("a", NOW - 5), ready("b", NOW - 5), ready("c", NOW - 5), demanded("d")]
+    pods = [pod("a"), PodView("b-old", "b", finished=True), pod("b"), pod("c")]
+    actions = decide(models, pods, Limits(capacity=4), NOW)
+    assert DeletePod("b", "b-old") in actions
+    assert of(Activate, actions) and of(Activate, actions)[0].model == "d"  # 3 of 4 used
+    assert slots_in_use(models[:3], [p for p in pods if not p.finished]) == 3
+
+
+def test_an_evicting_model_whose_pod_failed_reaches_standby() -> None:
+    models = [ModelView("a", phase=EVICTING, last_evicted_at=NOW - 2)]
+    failed = PodView("a-1", "a", finished=True)
+    assert decide(models, [failed], Limits(capacity=1), NOW) == [
+        DeletePod("a", "a-1"),
+        MarkStandby("a"),
+    ]
+
+
+def test_a_pod_of_a_deleted_model_that_failed_is_deleted_too() -> None:
+    actions = decide([], [PodView("x-1", "gone", finished=True)], Limits(), NOW)
+    assert actions == [DeletePod("gone", "x-1")]
+
+
+def test_demand_expires_when_nobody_re_marks_it() -> None:
+    limits = Limits(capacity=3, demand_ttl=60.0)
+    fresh = decide([demanded("b", at=NOW - 59)], [], limits, NOW)
+    assert [a.model for a in of(Activate, fresh)] == ["b"]
+    # An abandoned request (not re-marked for over the TTL) neither activates nor evicts.
+    models = [ready("a", NOW - 500), demanded("b", at=NOW - 61)]
+    assert decide(models, [pod("a")], Limits(capacity=1, demand_ttl=60.0), NOW) == []
+
+
+def test_a_wait_retries_only_at_a_future_time() -> None:
+    # Capacity 2: a and b are evictable; two waiters. The first waiter's eviction takes a
+    # and b (memory); the second waits on models whose residency ended long ago. Its retry
+    # time must not lie in the past (the operator would re-decide every 50 ms forever).
+    limits = Limits(capacity=1, min_residency=30.0)
+    models = [ready("a", NOW - 500), demanded("b", at=NOW - 2), demanded("c", at=NOW - 1)]
+    actions = decide(models, [pod("a")], limits, NOW)
+    waits = of(Wait, actions)
+    assert [w.model for w in waits] == ["b", "c"]
+    for w in waits:
+        assert w.retry_at is None or w.retry_at > NOW, w
+    # A blocker still within its residency gives its end as the retry time.
+    models = [ready("a", NOW - 10), demanded("b")]
+    (wait,) = of(Wait, decide(models, [pod("a")], limits, NOW))
+    assert wait.reason == CAPACITY_EXHAUSTED and wait.retry_at == NOW - 10 + 30.0
+
+
+def test_replicas_are_reconciled_to_the_phase_every_pass() -> None:
+    models = [
+        ModelView("act", phase=ACTIVATING, active_since=NOW - 1),  # its scale to 1 failed
+        ready("rdy", NOW - 1),
+        ModelView("evi", phase=EVICTING, last_evicted_at=NOW - 1),  # its scale to 0 failed
+        ModelView("sby", phase=STANDBY),
+        ModelView("new", phase=STANDBY),  # no Deployment yet: left to the spec handler
+    ]
+    pods = [pod("rdy"), pod("evi")]
+    replicas = {"act": 0, "rdy": 1, "evi": 1, "sby": 1}
+    actions = decide(models, pods, Limits(capacity=4), NOW, replicas=replicas)
+    assert of(Scale, actions) == [Scale("act", 1, 0), Scale("evi", 0, 1), Scale("sby", 0, 1)]
+    # In agreement: nothing to repair; unknown replicas: no repairs at all.
+    agreed = {"act": 1, "rdy": 1, "evi": 0, "sby": 0}
+    assert of(Scale, decide(models, pods, Limits(capacity=4), NOW, replicas=agreed)) == []
+    assert of(Scale, decide(models, pods, Limits(capacity=4), NOW)) == []
+
+
+def test_an_activation_is_not_also_reported_as_a_repair() -> None:
+    models = [demanded("b")]
+    actions = decide(models, [], Limits(capacity=3), NOW, replicas={"b": 0})
+    assert [type(a) for a in actions] == [Activate]
