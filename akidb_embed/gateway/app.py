@@ -38,6 +38,8 @@ log = logging.getLogger("akidb_embed.gateway")
 # Paths reachable without an API key (probes, metrics, the document).
 AUTH_EXEMPT = frozenset(r.path for r in ROUTES if r.open and r.gateway)
 DISCOVERY_RESTART_DELAY = 2.0
+# Metrics status of a request whose client disconnected first (nginx's convention).
+CLIENT_CLOSED = 499
 # The largest batch a TEI client is told it may send (the model server's default).
 TEI_MAX_CLIENT_BATCH = 2048
 
@@ -130,6 +132,9 @@ def model_call(route: Route) -> Handler:
             return response
         except (ApiError, web.HTTPException) as exc:
             status = exc.status
+            raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client went away; its wait and upstream call end
             raise
         finally:
             gw.metrics.requests.labels(route.name, model_label, str(status)).inc()
@@ -233,6 +238,20 @@ async def readyz(request: web.Request) -> web.Response:
             503,
             {"Retry-After": "1"},
         )
+    stale = gw.registry.stale_watches(gw.config.watch_stale_after)
+    if stale:
+        # A silent watch may be a half-open connection: our view of models and pods
+        # can be out of date, so let the Service send traffic to another replica.
+        ages = ", ".join(f"{kind} {age:.0f}s" for kind, age in sorted(stale.items()))
+        return json_response(
+            {
+                "status": "not_ready",
+                "message": f"watches have not heard from the API server ({ages})",
+                "stale_watches": sorted(stale),
+            },
+            503,
+            {"Retry-After": "1"},
+        )
     return json_response({"status": "ready", "models": len(gw.registry.models)})
 
 
@@ -310,10 +329,25 @@ def create_app(config: GatewayConfig, backend: ClusterBackend) -> web.Applicatio
     return app
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner every way of serving the gateway uses.
+
+    `handler_cancellation`: a client that disconnects cancels its handler, so a held
+    request gives back its waiter slot and its upstream call is closed (aiohttp's
+    default lets the handler run on for nobody)."""
+    config = app[GATEWAY].config
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=config.cold_start_timeout + 5,
+    )
+
+
 async def serve(config: GatewayConfig, backend: ClusterBackend) -> None:
     """Run until SIGTERM/SIGINT; then report not ready, drain, finish in-flight calls."""
     app = create_app(config, backend)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.cold_start_timeout + 5)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

@@ -22,6 +22,7 @@ from akidb_embed.k8s import (
 )
 
 FAILED = "Failed"
+WATCHED = frozenset({"models", "pods"})
 # A pod that failed a forwarded call is not even probed for this long.
 SUSPECT_QUARANTINE = 1.0
 
@@ -56,7 +57,9 @@ class PodState:
 
     @property
     def base_url(self) -> str:
-        return f"http://{self.ip}:{self.port}"
+        # An IPv6 pod IP needs brackets in a URL (http://[fd00::5]:8080).
+        host = f"[{self.ip}]" if self.ip is not None and ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}"
 
 
 def _source_of(spec: dict[str, Any]) -> str | None:
@@ -152,6 +155,7 @@ class Registry:
         self.inflight: dict[str, int] = {}
         self._events: dict[str, asyncio.Event] = {}
         self._synced: set[str] = set()
+        self._alive: dict[str, float] = {}
 
     # -- notifications -----------------------------------------------------------
 
@@ -170,11 +174,23 @@ class Registry:
     # -- sync state ---------------------------------------------------------------
 
     def mark_synced(self, kind: str) -> None:
+        """A full list of `kind` ("models" or "pods") was applied."""
         self._synced.add(kind)
+        self.note_alive(kind)
+
+    def note_alive(self, kind: str) -> None:
+        """The watch of `kind` just heard from the API server (event, bookmark, list)."""
+        self._alive[kind] = time.monotonic()
 
     @property
     def synced(self) -> bool:
-        return {"models", "pods"} <= self._synced
+        return self._synced >= WATCHED
+
+    def stale_watches(self, max_age: float) -> dict[str, float]:
+        """Watched kinds not heard from for over `max_age` seconds -> seconds since."""
+        now = time.monotonic()
+        ages = {kind: now - self._alive.get(kind, -float("inf")) for kind in WATCHED}
+        return {kind: age for kind, age in ages.items() if age > max_age}
 
     # -- models -------------------------------------------------------------------
 

@@ -9,8 +9,14 @@
   forward before the kubelet's probe period notices), and resolves the future with the
   first ready pod. Waiting is capped per model (503 + Retry-After) and bounded in time
   (504). Nothing here is global: a cold model never delays another model.
-- A pod that fails mid-request (connection error, reset, 503 draining) is marked
+- A pod that fails mid-request (connection error, reset, 503 draining/loading) is marked
   suspect and the call is retried once on another ready pod or after re-activation.
+- A pod that answers 503 `overloaded` (its queue is full) is busy, not dead: it is not
+  marked suspect and nothing is re-activated; the call backs off and is retried (on
+  the least loaded ready pod) for up to `busy_retry_seconds`, then the 503 goes to the
+  client with the server's Retry-After.
+- A client that disconnects cancels its handler (the runner's `handler_cancellation`):
+  its waiter slot is released and its upstream call is closed.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Any
 
 import aiohttp
 
+from akidb_embed.api import codec
 from akidb_embed.api.errors import ApiError, Code
 from akidb_embed.gateway.config import GatewayConfig
 from akidb_embed.gateway.discovery import ClusterBackend
@@ -47,6 +54,28 @@ class UpstreamReply:
     pod: str
     headers: dict[str, str] = field(default_factory=dict)
     cold_wait: float | None = None
+
+
+BUSY_BACKOFF_START = 0.02
+BUSY_BACKOFF_MAX = 0.25
+
+
+class _Busy(Exception):
+    """The pod answered 503 `overloaded`: alive, its queue full. Retry later, elsewhere."""
+
+    def __init__(self, reply: UpstreamReply) -> None:
+        super().__init__("upstream overloaded")
+        self.reply = reply
+
+
+def _is_overloaded(body: bytes) -> bool:
+    """Whether a model server's 503 body carries the contract's `overloaded` code."""
+    try:
+        data = codec.loads(body)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    return isinstance(error, dict) and error.get("code") == Code.OVERLOADED
 
 
 class _Retryable(Exception):
@@ -168,7 +197,7 @@ class Router:
         deadline = loop.time() + self.config.cold_start_timeout
         pod, waited = await self._acquire(model, deadline)
         try:
-            reply = await self._send(model, pod, path, body)
+            reply = await self._send_patiently(model, pod, path, body)
         except _Retryable as first:
             self.registry.mark_suspect(pod.name)
             self.metrics.retries.labels(model).inc()
@@ -179,7 +208,7 @@ class Router:
             if waited is not None or waited_again is not None:
                 waited = (waited or 0.0) + (waited_again or 0.0)
             try:
-                reply = await self._send(model, pod, path, body)
+                reply = await self._send_patiently(model, pod, path, body)
             except _Retryable as second:
                 self.registry.mark_suspect(pod.name)
                 reply = second.final()
@@ -187,6 +216,27 @@ class Router:
             self._recent[model] = time.time()
         reply.cold_wait = waited
         return reply
+
+    async def _send_patiently(
+        self, model: str, pod: PodState, path: str, body: bytes
+    ) -> UpstreamReply:
+        """`_send`, backing off and retrying while the pods of `model` are busy (503
+        overloaded): each retry goes to the least loaded ready pod; past
+        `busy_retry_seconds` the last busy answer is the reply."""
+        loop = asyncio.get_running_loop()
+        give_up = loop.time() + self.config.busy_retry_seconds
+        backoff = BUSY_BACKOFF_START
+        while True:
+            try:
+                return await self._send(model, pod, path, body)
+            except _Busy as busy:
+                self.metrics.upstream_errors.labels(model, "overloaded").inc()
+                if loop.time() + backoff > give_up:
+                    busy.reply.headers.setdefault("Retry-After", "1")
+                    return busy.reply
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, BUSY_BACKOFF_MAX)
+            pod = self.registry.pick_ready(model) or pod
 
     async def _acquire(self, model: str, deadline: float) -> tuple[PodState, float | None]:
         """A ready pod of `model`, and how long we waited for it (None when warm)."""
@@ -348,6 +398,8 @@ class Router:
             else:
                 inflight.pop(pod.name, None)
         if reply.status == 503:
+            if _is_overloaded(reply.body):
+                raise _Busy(reply)
             self.metrics.upstream_errors.labels(model, "unavailable").inc()
             raise _Retryable(reply=reply)
         return reply
@@ -370,20 +422,35 @@ class Router:
         await self._patch(model, {"requestedAt": to_rfc3339(time.time())}, "requestedAt")
 
     async def flush_recency(self) -> None:
-        """Patch status.lastRequestTime of every model used since its last flush."""
+        """Raise status.lastRequestTime of every model used since its last flush.
+
+        A model counts as flushed only once its write succeeded (a failed one is tried
+        again at the next flush), and the write only ever raises the stored time, so
+        gateway replicas writing the same model never move it backwards."""
         due = [
             (model, ts)
             for model, ts in list(self._recent.items())
             if ts > self._flushed.get(model, 0.0)
         ]
-        for model, ts in due:
-            self._flushed[model] = ts
-        await asyncio.gather(
-            *(
-                self._patch(m, {"lastRequestTime": to_rfc3339(ts)}, "lastRequestTime")
-                for m, ts in due
+        oks = await asyncio.gather(*(self._raise_recency(m, ts) for m, ts in due))
+        for (model, ts), ok in zip(due, oks, strict=True):
+            if ok:
+                self._flushed[model] = max(ts, self._flushed.get(model, 0.0))
+
+    async def _raise_recency(self, model: str, ts: float) -> bool:
+        what = "lastRequestTime"
+        try:
+            await asyncio.wait_for(
+                self.backend.raise_status_time(model, what, to_rfc3339(ts)), PATCH_TIMEOUT
             )
-        )
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.metrics.status_patches.labels(what, "error").inc()
+            log.warning("could not patch status.%s of %s: %r", what, model, exc)
+            return False
+        self.metrics.status_patches.labels(what, "ok").inc()
+        return True
 
     async def _flush_loop(self) -> None:
         while True:
