@@ -294,12 +294,12 @@ class Registry:
             and pod.name not in self._suspect
         )
 
-    def pick_ready(self, model: str) -> PodState | None:
-        """The ready pod of `model` with the fewest requests in flight, if any."""
+    def pick_ready(self, model: str, avoid: frozenset[str] = frozenset()) -> PodState | None:
+        """The ready pod of `model` (none of `avoid`) with the fewest requests in flight."""
         best: PodState | None = None
         best_load = 0
         for pod in self._pods_by_model.get(model, {}).values():
-            if self._usable(pod):
+            if pod.name not in avoid and self._usable(pod):
                 load = self.inflight.get(pod.name, 0)
                 if best is None or load < best_load:
                     best, best_load = pod, load

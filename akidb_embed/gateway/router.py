@@ -220,22 +220,29 @@ class Router:
     async def _send_patiently(
         self, model: str, pod: PodState, path: str, body: bytes
     ) -> UpstreamReply:
-        """`_send`, backing off and retrying while the pods of `model` are busy (503
-        overloaded): each retry goes to the least loaded ready pod; past
-        `busy_retry_seconds` the last busy answer is the reply."""
+        """`_send`, retrying while the pods of `model` are busy (503 overloaded): at once
+        on a ready pod that has not said so yet, else after a back-off on the least
+        loaded one; past `busy_retry_seconds` the last busy answer is the reply."""
         loop = asyncio.get_running_loop()
         give_up = loop.time() + self.config.busy_retry_seconds
         backoff = BUSY_BACKOFF_START
+        busy_pods: set[str] = set()
         while True:
             try:
                 return await self._send(model, pod, path, body)
             except _Busy as busy:
                 self.metrics.upstream_errors.labels(model, "overloaded").inc()
+                busy_pods.add(pod.name)
+                other = self.registry.pick_ready(model, avoid=frozenset(busy_pods))
+                if other is not None:
+                    pod = other
+                    continue
                 if loop.time() + backoff > give_up:
                     busy.reply.headers.setdefault("Retry-After", "1")
                     return busy.reply
             await asyncio.sleep(backoff)
             backoff = min(backoff * 2, BUSY_BACKOFF_MAX)
+            busy_pods.clear()
             pod = self.registry.pick_ready(model) or pod
 
     async def _acquire(self, model: str, deadline: float) -> tuple[PodState, float | None]:
