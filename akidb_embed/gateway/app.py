@@ -88,30 +88,33 @@ def auth_middleware(keys: frozenset[str]) -> Any:
     return check_key
 
 
-def _reply_response(reply: UpstreamReply, route: Route, target: api.Target) -> web.Response:
+def _reply_response(reply: UpstreamReply, target: api.Target, rewrite: bool) -> web.Response:
     headers = {
         "X-Akidb-Pod": reply.pod,
         "X-Akidb-Model": target.model,
         "X-Akidb-Model-Match": target.match,
-        **reply.headers,
     }
+    if reply.headers:
+        headers.update(reply.headers)
     if reply.cold_wait is not None:
         headers["X-Akidb-Cold-Start"] = f"{reply.cold_wait:.3f}"
     if reply.status == 200:
-        body = api.rewrite_model(reply.body, target.model) if api.names_model(route) else reply.body
-        return web.Response(body=body, content_type="application/json", headers=headers)
+        # The server's bytes go back as they are (only `model` set to the resource name).
+        body = api.rewrite_model(reply.body, target.model) if rewrite else reply.body
+        headers["Content-Type"] = "application/json"
+        return web.Response(body=body, headers=headers)
     # Upstream errors (4xx: the client's mistake) pass through as they are.
-    return web.Response(
-        status=reply.status,
-        body=reply.body,
-        headers={**headers, "Content-Type": reply.content_type},
-    )
+    headers["Content-Type"] = reply.content_type
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
 
 
 def model_call(route: Route) -> Handler:
-    """Handler of a forwarded route: check the shape, resolve the model, forward as is."""
+    """Handler of a forwarded route: check the shape, resolve the model, forward as is.
+
+    The client's bytes are forwarded unchanged once they validate (never re-encoded)."""
     assert route.server_path is not None
     path = route.server_path
+    rewrite = api.names_model(route)
 
     async def handle(request: web.Request) -> web.Response:
         gw = request.app[GATEWAY]
@@ -127,7 +130,7 @@ def model_call(route: Route) -> Handler:
             api.check_task(gw.registry, route, model)
             target = api.Target(model, api.match_kind(gw.registry, model, requested))
             reply = await gw.router.call(model, path, raw)
-            response = _reply_response(reply, route, target)
+            response = _reply_response(reply, target, rewrite)
             status = response.status
             return response
         except (ApiError, web.HTTPException) as exc:
@@ -137,9 +140,8 @@ def model_call(route: Route) -> Handler:
             status = CLIENT_CLOSED  # the client went away; its wait and upstream call end
             raise
         finally:
-            gw.metrics.requests.labels(route.name, model_label, str(status)).inc()
-            if model_label != "-":
-                gw.metrics.latency.labels(model_label).observe(time.perf_counter() - started)
+            took = time.perf_counter() - started if model_label != "-" else None
+            gw.metrics.observe_request(route.name, model_label, status, took)
 
     return handle
 

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from yarl import URL
+
 from akidb_embed.api.names import catalog_entry, model_aliases
 from akidb_embed.k8s import (
     LABEL_MODEL,
@@ -54,6 +56,15 @@ class PodState:
     phase: str
     ready: bool
     terminating: bool
+
+    _urls: dict[str, URL] = field(default_factory=dict, compare=False, repr=False)
+
+    def url(self, path: str) -> URL:
+        """`base_url + path`, parsed once per pod and path (aiohttp skips parsing a URL)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
 
     @property
     def base_url(self) -> str:

@@ -359,9 +359,7 @@ class Router:
     async def _probe(self, pod: PodState) -> bool:
         assert self.session is not None
         try:
-            async with self.session.get(
-                pod.base_url + "/readyz", timeout=self._probe_timeout
-            ) as resp:
+            async with self.session.get(pod.url("/readyz"), timeout=self._probe_timeout) as resp:
                 await resp.read()
                 return resp.status == 200
         except (aiohttp.ClientError, TimeoutError):
@@ -372,14 +370,12 @@ class Router:
         inflight = self.registry.inflight
         inflight[pod.name] = inflight.get(pod.name, 0) + 1
         try:
-            async with self.session.post(
-                pod.base_url + path, data=body, headers=JSON_HEADERS
-            ) as resp:
+            async with self.session.post(pod.url(path), data=body, headers=JSON_HEADERS) as resp:
                 data = await resp.read()
                 reply = UpstreamReply(
                     status=resp.status,
                     body=data,
-                    content_type=resp.content_type or "application/json",
+                    content_type=resp.headers.get("Content-Type") or "application/json",
                     pod=pod.name,
                 )
                 retry_after = resp.headers.get("Retry-After")
