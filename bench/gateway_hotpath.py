@@ -167,7 +167,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
         }
         connector = aiohttp.TCPConnector(limit=0)
         async with aiohttp.ClientSession(connector=connector) as session:
-            for target, url in urls.items():  # warm-up: connections, caches, JIT-free paths
+            for url in urls.values():  # warm-up: connections, caches
                 await own_client(session, url, 8, 1.0)
             for rnd in range(args.rounds):
                 for concurrency in (1, 32):
