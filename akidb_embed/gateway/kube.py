@@ -219,7 +219,7 @@ class KubeBackend:
         custom: Any = client.CustomObjectsApi(self._client())
         wanted = parse_time(when)
         for attempt in range(CONFLICT_RETRIES):
-            obj = await custom.get_namespaced_custom_object_status(
+            obj = await custom.get_namespaced_custom_object(
                 GROUP, VERSION, self.namespace, PLURAL, model, _request_timeout=call_timeout()
             )
             current = parse_time((obj.get("status") or {}).get(field))
