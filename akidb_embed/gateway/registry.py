@@ -163,7 +163,7 @@ class Registry:
         # Pods that failed a forwarded request (-> when); used again only after a good
         # probe, and probed only after SUSPECT_QUARANTINE.
         self._suspect: dict[str, float] = {}
-        self.inflight: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}  # pod -> forwarded calls under way
         self._events: dict[str, asyncio.Event] = {}
         self._synced: set[str] = set()
         self._alive: dict[str, float] = {}
@@ -311,7 +311,7 @@ class Registry:
         best_load = 0
         for pod in self._pods_by_model.get(model, {}).values():
             if pod.name not in avoid and self._usable(pod):
-                load = self.inflight.get(pod.name, 0)
+                load = self._inflight.get(pod.name, 0)
                 if best is None or load < best_load:
                     best, best_load = pod, load
         return best
@@ -334,6 +334,20 @@ class Registry:
 
     def has_suspects(self, model: str) -> bool:
         return any(name in self._suspect for name in self._pods_by_model.get(model, {}))
+
+    def call_started(self, pod_name: str) -> None:
+        self._inflight[pod_name] = self._inflight.get(pod_name, 0) + 1
+
+    def call_ended(self, pod_name: str) -> None:
+        count = self._inflight.get(pod_name, 1) - 1
+        if count > 0:
+            self._inflight[pod_name] = count
+        else:
+            self._inflight.pop(pod_name, None)
+
+    def in_flight(self, pod_name: str) -> int:
+        """Forwarded calls to the pod under way (the load `pick_ready` balances)."""
+        return self._inflight.get(pod_name, 0)
 
     def mark_probed_ready(self, pod_name: str) -> None:
         self._suspect.pop(pod_name, None)

@@ -134,7 +134,7 @@ async def test_client_disconnect_releases_its_waiter_slot(served: Any) -> None:
     url, gw = await served(backend, max_waiting_per_model=1, cold_start_timeout=30.0)
     await _abandon(url, {"texts": ["a"]}, after=0.3)
     await _until(lambda: gw.router.waiting("minilm") == 0, 2.0, "the waiter slot back")
-    await _until(lambda: not gw.router._cold, 2.0, "the abandoned cold start to stop")
+    await _until(lambda: not gw.router.cold.active(), 2.0, "the abandoned cold start to stop")
     # The one slot is free again: a new request is held (not refused 503 overloaded).
     async with aiohttp.ClientSession() as http:
         task = asyncio.create_task(http.post(url + "/api/v1/embed", json={"texts": ["b"]}))
@@ -156,7 +156,7 @@ async def test_client_disconnect_cancels_the_upstream_call(
     url, gw = await served(backend)
     await _abandon(url, {"texts": ["a"]}, after=0.3)
     await _until(lambda: slow.cancelled == 1, 2.0, "the model server to see the hang-up")
-    assert gw.registry.inflight == {}
+    assert gw.registry.in_flight("p") == 0
 
 
 def _has_ipv6_loopback() -> bool:
