@@ -9,7 +9,9 @@ measured by `wrk` (an external load generator; `apt-get install wrk`) and by an
 aiohttp client, at concurrency 1 and 32.
 
 Prints, per tool and gateway: c1 p50 overhead (gateway p50 - direct p50, same tool, same
-run; goal <= 0.3 ms) and c32 throughput / direct (goal >= 0.97), and writes
+run; goal <= 0.3 ms), c32 throughput / direct (goal >= 0.97) and the gateway process's
+CPU time per request at c32 (from /proc: on a machine shared with other work the
+latency figures move with the load, this one hardly), and writes
 bench/results/gateway_hotpath.json.
 
     flock /tmp/akidb-bench.lock .venv/bin/python -m bench.gateway_hotpath --before /work/main
@@ -129,6 +131,12 @@ async def own_client(
     }
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _median(rows: list[dict[str, float]]) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in rows), 3) for k in rows[0]}
 
@@ -173,12 +181,17 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                 for concurrency in (1, 32):
                     for target, url in urls.items():
                         key = f"c{concurrency}"
-                        samples["wrk"][target][key].append(
-                            await asyncio.to_thread(wrk, url, script, concurrency, args.seconds)
-                        )
-                        samples["aiohttp"][target][key].append(
-                            await own_client(session, url, concurrency, args.seconds)
-                        )
+                        # CPU the process behind `url` spends per request: unlike
+                        # latency, barely moved by other work on a busy machine.
+                        pid = (procs[target] if target in procs else server).pid
+                        cpu0 = cpu_seconds(pid)
+                        row = await asyncio.to_thread(wrk, url, script, concurrency, args.seconds)
+                        row["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) / row["n"] * 1e6
+                        samples["wrk"][target][key].append(row)
+                        cpu0 = cpu_seconds(pid)
+                        row = await own_client(session, url, concurrency, args.seconds)
+                        row["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) / row["n"] * 1e6
+                        samples["aiohttp"][target][key].append(row)
                 print(f"round {rnd + 1}/{args.rounds} done", file=sys.stderr, flush=True)
         results: dict[str, Any] = {}
         for tool, by_target in samples.items():
@@ -192,6 +205,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                     "c1_p95_overhead_ms": round(g["c1"]["p95_ms"] - direct["c1"]["p95_ms"], 3),
                     "c32_throughput_ratio": round(g["c32"]["rps"] / direct["c32"]["rps"], 3),
                     "c32_p50_overhead_ms": round(g["c32"]["p50_ms"] - direct["c32"]["p50_ms"], 3),
+                    "c32_gateway_cpu_us_per_request": g["c32"]["cpu_us_per_request"],
                 }
             results[tool] = summary
         return results
@@ -241,18 +255,23 @@ def main() -> int:
         "results": results,
         "targets_met": targets,
     }
-    print(f"{'tool':<8} {'gateway':<7} {'c1 p50 overhead':>16} {'c32 rps / direct':>17}")
+    print(
+        f"{'tool':<8} {'gateway':<7} {'c1 p50 overhead':>16} {'c32 rps / direct':>17} "
+        f"{'gateway CPU/request':>20}"
+    )
     for tool, summary in results.items():
         for name in ("before", "after"):
             if name in summary:
                 r = summary[name]
                 print(
                     f"{tool:<8} {name:<7} {r['c1_p50_overhead_ms']:>13.3f} ms "
-                    f"{r['c32_throughput_ratio']:>17.3f}"
+                    f"{r['c32_throughput_ratio']:>17.3f} "
+                    f"{r['c32_gateway_cpu_us_per_request']:>17.0f} us"
                 )
         d = summary["median_of_rounds"]["direct"]
         print(
             f"{tool:<8} direct  c1 p50 {d['c1']['p50_ms']:.3f} ms, c32 {d['c32']['rps']:.1f} req/s"
+            f", model server CPU {d['c32']['cpu_us_per_request']:.0f} us/request"
         )
     for name, ok in targets.items():
         print(f"target {name}: {'met' if ok else 'NOT met'}")
