@@ -183,7 +183,7 @@ async def bench(args: argparse.Namespace) -> dict[str, Any]:
                         key = f"c{concurrency}"
                         # CPU the process behind `url` spends per request: unlike
                         # latency, barely moved by other work on a busy machine.
-                        pid = (procs[target] if target in procs else server).pid
+                        pid = procs.get(target, server).pid
                         cpu0 = cpu_seconds(pid)
                         row = await asyncio.to_thread(wrk, url, script, concurrency, args.seconds)
                         row["cpu_us_per_request"] = (cpu_seconds(pid) - cpu0) / row["n"] * 1e6
