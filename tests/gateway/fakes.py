@@ -37,6 +37,8 @@ class FakeUpstream:
     host: str = "127.0.0.1"
     calls: list[dict[str, Any]] = field(default_factory=list)
     cancelled: int = 0
+    peers: set[Any] = field(default_factory=set)  # client (host, port)s seen on /embed
+    raw: list[bytes] = field(default_factory=list)  # request bodies of /embed, as sent
     probes: int = 0
     runner: web.AppRunner | None = None
     port: int = 0
@@ -95,8 +97,11 @@ class FakeUpstream:
         return None
 
     async def _embed(self, request: web.Request) -> web.Response:
+        self.raw.append(await request.read())
         body = await request.json()
         self.calls.append(body)
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         bad = await self._misbehave(request)
         if bad is not None:
             return bad

@@ -263,3 +263,18 @@ async def test_deeply_nested_json_is_a_clear_400(
         assert resp.status == 400, await resp.text()
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
     assert not up.calls
+
+
+async def test_forwarding_reuses_keep_alive_connections_and_the_clients_bytes(
+    gateway: GatewayFactory, upstream: UpstreamFactory
+) -> None:
+    up = await upstream()
+    client = await gateway(FakeBackend([model_obj("minilm")], [pod_obj("p", "minilm", up.port)]))
+    raw = b'{"texts":  ["a"],\n "normalize": true}'  # odd spacing: not re-encoded
+    for _ in range(20):
+        resp = await client.post(
+            "/api/v1/embed", data=raw, headers={"Content-Type": "application/json"}
+        )
+        assert resp.status == 200
+    assert up.raw == [raw] * 20  # the client's bytes, as they came
+    assert len(up.peers) == 1  # one pooled connection served all 20 sequential calls
