@@ -89,7 +89,12 @@ class Upstream:
             ttl_dns_cache=None,
         )
         self.session = aiohttp.ClientSession(
-            connector=connector, timeout=self._timeout, auto_decompress=False
+            connector=connector,
+            timeout=self._timeout,
+            auto_decompress=False,  # the bytes go back to the client as they came
+            # One session serves every client: a cookie a pod set must not travel with
+            # another client's call (and the jar's bookkeeping is skipped).
+            cookie_jar=aiohttp.DummyCookieJar(),
         )
 
     async def close(self) -> None:
