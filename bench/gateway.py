@@ -97,6 +97,9 @@ class StaticBackend:
     async def patch_status(self, model: str, fields: dict[str, Any]) -> None:
         return None
 
+    async def raise_status_time(self, model: str, field: str, when: str) -> None:
+        return None
+
 
 def run_gateway(port: int, upstream_port: int) -> None:
     """Child process: the real gateway app in front of the static pod."""

@@ -7,6 +7,7 @@ client's bytes are forwarded unchanged to the same route of a pod of the model.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,13 +66,19 @@ def names_model(route: Route) -> bool:
     return "model" in getattr(route.response, "__struct_fields__", ())
 
 
+@functools.lru_cache(maxsize=1024)
+def _model_fields(model: str) -> tuple[bytes, bytes]:
+    name = codec.dumps(model)
+    return b'"model":' + name, b'"model": ' + name
+
+
 def rewrite_model(body: bytes, model: str) -> bytes:
     """Set the `model` field of a model server's JSON answer to the resource name.
 
     The common case (the server already names the model so) passes the bytes through
     untouched: re-encoding hundreds of floats would cost more than the whole hop."""
-    name = codec.dumps(model)
-    if b'"model":' + name in body or b'"model": ' + name in body:
+    compact, spaced = _model_fields(model)
+    if compact in body or spaced in body:
         return body
     try:
         data = codec.loads(body)

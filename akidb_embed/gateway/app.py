@@ -38,6 +38,8 @@ log = logging.getLogger("akidb_embed.gateway")
 # Paths reachable without an API key (probes, metrics, the document).
 AUTH_EXEMPT = frozenset(r.path for r in ROUTES if r.open and r.gateway)
 DISCOVERY_RESTART_DELAY = 2.0
+# Metrics status of a request whose client disconnected first (nginx's convention).
+CLIENT_CLOSED = 499
 # The largest batch a TEI client is told it may send (the model server's default).
 TEI_MAX_CLIENT_BATCH = 2048
 
@@ -86,30 +88,33 @@ def auth_middleware(keys: frozenset[str]) -> Any:
     return check_key
 
 
-def _reply_response(reply: UpstreamReply, route: Route, target: api.Target) -> web.Response:
+def _reply_response(reply: UpstreamReply, target: api.Target, rewrite: bool) -> web.Response:
     headers = {
         "X-Akidb-Pod": reply.pod,
         "X-Akidb-Model": target.model,
         "X-Akidb-Model-Match": target.match,
-        **reply.headers,
     }
+    if reply.headers:
+        headers.update(reply.headers)
     if reply.cold_wait is not None:
         headers["X-Akidb-Cold-Start"] = f"{reply.cold_wait:.3f}"
     if reply.status == 200:
-        body = api.rewrite_model(reply.body, target.model) if api.names_model(route) else reply.body
-        return web.Response(body=body, content_type="application/json", headers=headers)
+        # The server's bytes go back as they are (only `model` set to the resource name).
+        body = api.rewrite_model(reply.body, target.model) if rewrite else reply.body
+        headers["Content-Type"] = "application/json"
+        return web.Response(body=body, headers=headers)
     # Upstream errors (4xx: the client's mistake) pass through as they are.
-    return web.Response(
-        status=reply.status,
-        body=reply.body,
-        headers={**headers, "Content-Type": reply.content_type},
-    )
+    headers["Content-Type"] = reply.content_type
+    return web.Response(status=reply.status, body=reply.body, headers=headers)
 
 
 def model_call(route: Route) -> Handler:
-    """Handler of a forwarded route: check the shape, resolve the model, forward as is."""
+    """Handler of a forwarded route: check the shape, resolve the model, forward as is.
+
+    The client's bytes are forwarded unchanged once they validate (never re-encoded)."""
     assert route.server_path is not None
     path = route.server_path
+    rewrite = api.names_model(route)
 
     async def handle(request: web.Request) -> web.Response:
         gw = request.app[GATEWAY]
@@ -125,16 +130,18 @@ def model_call(route: Route) -> Handler:
             api.check_task(gw.registry, route, model)
             target = api.Target(model, api.match_kind(gw.registry, model, requested))
             reply = await gw.router.call(model, path, raw)
-            response = _reply_response(reply, route, target)
+            response = _reply_response(reply, target, rewrite)
             status = response.status
             return response
         except (ApiError, web.HTTPException) as exc:
             status = exc.status
             raise
+        except asyncio.CancelledError:
+            status = CLIENT_CLOSED  # the client went away; its wait and upstream call end
+            raise
         finally:
-            gw.metrics.requests.labels(route.name, model_label, str(status)).inc()
-            if model_label != "-":
-                gw.metrics.latency.labels(model_label).observe(time.perf_counter() - started)
+            took = time.perf_counter() - started if model_label != "-" else None
+            gw.metrics.observe_request(route.name, model_label, status, took)
 
     return handle
 
@@ -233,6 +240,20 @@ async def readyz(request: web.Request) -> web.Response:
             503,
             {"Retry-After": "1"},
         )
+    stale = gw.registry.stale_watches(gw.config.watch_stale_after)
+    if stale:
+        # A silent watch may be a half-open connection: our view of models and pods
+        # can be out of date, so let the Service send traffic to another replica.
+        ages = ", ".join(f"{kind} {age:.0f}s" for kind, age in sorted(stale.items()))
+        return json_response(
+            {
+                "status": "not_ready",
+                "message": f"watches have not heard from the API server ({ages})",
+                "stale_watches": sorted(stale),
+            },
+            503,
+            {"Retry-After": "1"},
+        )
     return json_response({"status": "ready", "models": len(gw.registry.models)})
 
 
@@ -310,10 +331,25 @@ def create_app(config: GatewayConfig, backend: ClusterBackend) -> web.Applicatio
     return app
 
 
+def make_runner(app: web.Application) -> web.AppRunner:
+    """The runner every way of serving the gateway uses.
+
+    `handler_cancellation`: a client that disconnects cancels its handler, so a held
+    request gives back its waiter slot and its upstream call is closed (aiohttp's
+    default lets the handler run on for nobody)."""
+    config = app[GATEWAY].config
+    return web.AppRunner(
+        app,
+        access_log=None,
+        handler_cancellation=True,
+        shutdown_timeout=config.cold_start_timeout + 5,
+    )
+
+
 async def serve(config: GatewayConfig, backend: ClusterBackend) -> None:
     """Run until SIGTERM/SIGINT; then report not ready, drain, finish in-flight calls."""
     app = create_app(config, backend)
-    runner = web.AppRunner(app, access_log=None, shutdown_timeout=config.cold_start_timeout + 5)
+    runner = make_runner(app)
     await runner.setup()
     site = web.TCPSite(runner, config.host, config.port)
     await site.start()

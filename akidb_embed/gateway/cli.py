@@ -23,6 +23,9 @@ _FLAGS: tuple[tuple[str, Any, Any, str], ...] = (
     ("--api-keys-file", str, None, "file with one API key per line (Bearer auth)"),
     ("--max-body-bytes", str, "8Mi", "largest accepted request body (e.g. 8Mi)"),
     ("--drain-seconds", str, "0s", "on SIGTERM: report not ready and keep serving this long"),
+    ("--busy-retry", str, "1s", "retry a pod answering 503 overloaded for this long"),
+    ("--watch-timeout", str, "60s", "the API server ends (and we renew) each watch after"),
+    ("--watch-stale-after", str, "90s", "/readyz is 503 when a watch is silent this long"),
 )
 
 
@@ -65,6 +68,9 @@ def build_config(args: argparse.Namespace) -> Any:
         max_body_bytes=memory_bytes(args.max_body_bytes),
         api_keys=load_api_keys(args.api_keys_file) if args.api_keys_file else frozenset(),
         drain_seconds=parse_duration(args.drain_seconds),
+        busy_retry_seconds=parse_duration(args.busy_retry),
+        watch_timeout=parse_duration(args.watch_timeout),
+        watch_stale_after=parse_duration(args.watch_stale_after),
     )
 
 
@@ -84,7 +90,8 @@ def run(args: argparse.Namespace) -> int:
         from akidb_embed.gateway.kube import KubeBackend, load_kube_config
 
         await load_kube_config()
-        await serve(config, KubeBackend(config.namespace))
+        watch_seconds = max(1, round(config.watch_timeout))
+        await serve(config, KubeBackend(config.namespace, watch_seconds=watch_seconds))
 
     aio.run(main())
     return 0

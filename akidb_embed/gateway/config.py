@@ -41,3 +41,9 @@ class GatewayConfig:
     drain_seconds: float = 0.0
     # Retry-After (seconds) sent with 503 when the waiting cap of a model is reached.
     retry_after_seconds: int = 5
+    # A pod answering 503 overloaded (queue full) is retried, backing off, this long.
+    busy_retry_seconds: float = 1.0
+    # The server ends each watch after this long (then it is re-watched).
+    watch_timeout: float = 60.0
+    # /readyz is 503 when a watch has not heard from the API server for this long.
+    watch_stale_after: float = 90.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (
@@ -77,6 +79,24 @@ class Metrics:
             ["field", "outcome"],
             registry=self.registry,
         )
+
+        self._observers: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+    def observe_request(self, api: str, model: str, status: int, seconds: float | None) -> None:
+        """Count one request (and its latency, when it named a known model).
+
+        The labelled children are looked up once per (api, model, status): prometheus'
+        `labels()` costs more than the rest of this call (it is on every request)."""
+        key = (api, model, status)
+        pair = self._observers.get(key)
+        if pair is None:
+            pair = self._observers[key] = (
+                self.requests.labels(api, model, str(status)),
+                self.latency.labels(model),
+            )
+        pair[0].inc()
+        if seconds is not None:
+            pair[1].observe(seconds)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from yarl import URL
+
 from akidb_embed.api.names import catalog_entry, model_aliases
 from akidb_embed.k8s import (
     LABEL_MODEL,
@@ -22,6 +24,7 @@ from akidb_embed.k8s import (
 )
 
 FAILED = "Failed"
+WATCHED = frozenset({"models", "pods"})
 # A pod that failed a forwarded call is not even probed for this long.
 SUSPECT_QUARANTINE = 1.0
 
@@ -54,9 +57,20 @@ class PodState:
     ready: bool
     terminating: bool
 
+    _urls: dict[str, URL] = field(default_factory=dict, compare=False, repr=False)
+
+    def url(self, path: str) -> URL:
+        """`base_url + path`, parsed once per pod and path (aiohttp skips parsing a URL)."""
+        url = self._urls.get(path)
+        if url is None:
+            url = self._urls[path] = URL(self.base_url + path)
+        return url
+
     @property
     def base_url(self) -> str:
-        return f"http://{self.ip}:{self.port}"
+        # An IPv6 pod IP needs brackets in a URL (http://[fd00::5]:8080).
+        host = f"[{self.ip}]" if self.ip is not None and ":" in self.ip else self.ip
+        return f"http://{host}:{self.port}"
 
 
 def _source_of(spec: dict[str, Any]) -> str | None:
@@ -149,9 +163,10 @@ class Registry:
         # Pods that failed a forwarded request (-> when); used again only after a good
         # probe, and probed only after SUSPECT_QUARANTINE.
         self._suspect: dict[str, float] = {}
-        self.inflight: dict[str, int] = {}
+        self._inflight: dict[str, int] = {}  # pod -> forwarded calls under way
         self._events: dict[str, asyncio.Event] = {}
         self._synced: set[str] = set()
+        self._alive: dict[str, float] = {}
 
     # -- notifications -----------------------------------------------------------
 
@@ -170,11 +185,23 @@ class Registry:
     # -- sync state ---------------------------------------------------------------
 
     def mark_synced(self, kind: str) -> None:
+        """A full list of `kind` ("models" or "pods") was applied."""
         self._synced.add(kind)
+        self.note_alive(kind)
+
+    def note_alive(self, kind: str) -> None:
+        """The watch of `kind` just heard from the API server (event, bookmark, list)."""
+        self._alive[kind] = time.monotonic()
 
     @property
     def synced(self) -> bool:
-        return {"models", "pods"} <= self._synced
+        return self._synced >= WATCHED
+
+    def stale_watches(self, max_age: float) -> dict[str, float]:
+        """Watched kinds not heard from for over `max_age` seconds -> seconds since."""
+        now = time.monotonic()
+        ages = {kind: now - self._alive.get(kind, -float("inf")) for kind in WATCHED}
+        return {kind: age for kind, age in ages.items() if age > max_age}
 
     # -- models -------------------------------------------------------------------
 
@@ -278,13 +305,13 @@ class Registry:
             and pod.name not in self._suspect
         )
 
-    def pick_ready(self, model: str) -> PodState | None:
-        """The ready pod of `model` with the fewest requests in flight, if any."""
+    def pick_ready(self, model: str, avoid: frozenset[str] = frozenset()) -> PodState | None:
+        """The ready pod of `model` (none of `avoid`) with the fewest requests in flight."""
         best: PodState | None = None
         best_load = 0
         for pod in self._pods_by_model.get(model, {}).values():
-            if self._usable(pod):
-                load = self.inflight.get(pod.name, 0)
+            if pod.name not in avoid and self._usable(pod):
+                load = self._inflight.get(pod.name, 0)
                 if best is None or load < best_load:
                     best, best_load = pod, load
         return best
@@ -307,6 +334,20 @@ class Registry:
 
     def has_suspects(self, model: str) -> bool:
         return any(name in self._suspect for name in self._pods_by_model.get(model, {}))
+
+    def call_started(self, pod_name: str) -> None:
+        self._inflight[pod_name] = self._inflight.get(pod_name, 0) + 1
+
+    def call_ended(self, pod_name: str) -> None:
+        count = self._inflight.get(pod_name, 1) - 1
+        if count > 0:
+            self._inflight[pod_name] = count
+        else:
+            self._inflight.pop(pod_name, None)
+
+    def in_flight(self, pod_name: str) -> int:
+        """Forwarded calls to the pod under way (the load `pick_ready` balances)."""
+        return self._inflight.get(pod_name, 0)
 
     def mark_probed_ready(self, pod_name: str) -> None:
         self._suspect.pop(pod_name, None)

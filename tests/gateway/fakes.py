@@ -2,7 +2,9 @@
 
 The fake upstream speaks the model-server HTTP contract (docs/ARCHITECTURE.md): POST
 /embed, POST /v1/embeddings (float and base64), /readyz, /healthz. Its behaviour can be
-switched per test: not ready, slow, resetting connections, answering 503 (draining).
+switched per test: not ready, slow, resetting connections, answering 503 (draining, or
+overloaded: its queue full). It serves with handler cancellation, as the model server
+does, and counts calls a client abandoned (`cancelled`).
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from typing import Any
 from aiohttp import web
 
 from akidb_embed.gateway.registry import Registry
-from akidb_embed.k8s import LABEL_MODEL, LABEL_NAME, MODEL_SERVER_APP
+from akidb_embed.k8s import LABEL_MODEL, LABEL_NAME, MODEL_SERVER_APP, parse_time
 
 DIM = 4
 
@@ -31,8 +33,12 @@ class FakeUpstream:
     tag: float = 0.0
     ready: bool = True
     delay: float = 0.0
-    mode: str = "ok"  # ok | reset | 503 | 500
+    mode: str = "ok"  # ok | reset | 503 | overloaded | 500
+    host: str = "127.0.0.1"
     calls: list[dict[str, Any]] = field(default_factory=list)
+    cancelled: int = 0
+    peers: set[Any] = field(default_factory=set)  # client (host, port)s seen on /embed
+    raw: list[bytes] = field(default_factory=list)  # request bodies of /embed, as sent
     probes: int = 0
     runner: web.AppRunner | None = None
     port: int = 0
@@ -43,9 +49,9 @@ class FakeUpstream:
         app.router.add_post("/v1/embeddings", self._openai)
         app.router.add_get("/readyz", self._readyz)
         app.router.add_get("/healthz", self._readyz)
-        self.runner = web.AppRunner(app, access_log=None)
+        self.runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, self.host, 0)
         await site.start()
         server = site._server
         assert server is not None
@@ -65,7 +71,11 @@ class FakeUpstream:
 
     async def _misbehave(self, request: web.Request) -> web.Response | None:
         if self.delay:
-            await asyncio.sleep(self.delay)
+            try:
+                await asyncio.sleep(self.delay)
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
         if self.mode == "reset":
             assert request.transport is not None
             request.transport.abort()
@@ -76,13 +86,22 @@ class FakeUpstream:
                 status=503,
                 headers={"Retry-After": "2"},
             )
+        if self.mode == "overloaded":  # the model server's answer when its queue is full
+            return web.json_response(
+                {"error": {"type": "unavailable", "code": "overloaded", "message": "queue full"}},
+                status=503,
+                headers={"Retry-After": "1"},
+            )
         if self.mode == "500":
             return web.json_response({"error": {"type": "internal", "message": "boom"}}, status=500)
         return None
 
     async def _embed(self, request: web.Request) -> web.Response:
+        self.raw.append(await request.read())
         body = await request.json()
         self.calls.append(body)
+        if request.transport is not None:
+            self.peers.add(request.transport.get_extra_info("peername"))
         bad = await self._misbehave(request)
         if bad is not None:
             return bad
@@ -192,6 +211,8 @@ class FakeBackend:
         self.sync = sync
         self.registry: Registry | None = None
         self.patches: list[tuple[str, dict[str, Any]]] = []
+        # The status each model would have on the API server (the gateway's fields).
+        self.status: dict[str, dict[str, Any]] = {}
         self.on_patch: PatchHook | None = None
         self.started = asyncio.Event()
 
@@ -208,7 +229,18 @@ class FakeBackend:
     async def patch_status(self, model: str, fields: dict[str, Any]) -> None:
         self.patches.append((model, dict(fields)))
         if self.on_patch is not None:
-            await self.on_patch(model, fields)
+            try:
+                await self.on_patch(model, fields)
+            except Exception:  # the hook made this write fail: it did not happen
+                self.patches.pop()
+                raise
+        self.status.setdefault(model, {}).update(fields)
+
+    async def raise_status_time(self, model: str, field: str, when: str) -> None:
+        current = self.status.get(model, {}).get(field)
+        if current is not None and parse_time(current) >= parse_time(when):  # type: ignore[operator]
+            return
+        await self.patch_status(model, {field: when})
 
     def demand_patches(self, model: str | None = None) -> list[dict[str, Any]]:
         return [f for m, f in self.patches if "requestedAt" in f and (model is None or m == model)]

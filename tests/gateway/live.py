@@ -14,7 +14,7 @@ from typing import Any
 
 from aiohttp import web
 
-from akidb_embed.gateway.app import create_app
+from akidb_embed.gateway.app import create_app, make_runner
 from akidb_embed.gateway.config import GatewayConfig
 from akidb_embed.model_server.runner import ServerProcess, free_port
 from tests.gateway.fakes import FakeBackend, model_obj, pod_obj
@@ -34,7 +34,7 @@ def gateway_thread(backend: FakeBackend, **overrides: Any) -> Iterator[str]:
     async def main() -> None:
         nonlocal stop
         stop = asyncio.Event()
-        runner = web.AppRunner(create_app(config, backend), access_log=None)
+        runner = make_runner(create_app(config, backend))
         await runner.setup()
         await web.TCPSite(runner, "127.0.0.1", port).start()
         await backend.started.wait()

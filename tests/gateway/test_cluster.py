@@ -258,3 +258,188 @@ async def test_discovery_and_demand_on_a_real_api_server(
         assert body["error"]["code"] == "model_failed"
         assert "ConversionFailed" in body["error"]["message"]
         assert "no such checkpoint" in body["error"]["message"]
+
+
+class PausableProxy:
+    """A loopback TCP proxy in front of the API server that can stop relaying bytes
+    (both ways, connections left open): to the gateway, an API server that hangs."""
+
+    def __init__(self, host: str, port: int) -> None:
+        self.target = (host, port)
+        self.flowing = asyncio.Event()
+        self.flowing.set()
+        self.server: asyncio.Server | None = None
+        self.port = 0
+
+    async def start(self) -> PausableProxy:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self.server.sockets[0].getsockname()[1]
+        return self
+
+    def pause(self) -> None:
+        self.flowing.clear()
+
+    def resume(self) -> None:
+        self.flowing.set()
+
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while data := await reader.read(65536):
+                await self.flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            writer.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self.flowing.wait()
+        try:
+            up_reader, up_writer = await asyncio.open_connection(*self.target)
+        except OSError:
+            writer.close()
+            return
+        await asyncio.gather(self._pump(reader, up_writer), self._pump(up_reader, writer))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+def _kubeconfig_via(cluster: Any, tmp_path: Path, port: int) -> Path:
+    """A copy of the cluster's kubeconfig whose server is 127.0.0.1:`port` (same TLS
+    names: the API server's certificate is for 127.0.0.1)."""
+    text = cluster.kubeconfig.read_text()
+    server = cluster.server  # https://127.0.0.1:<port>
+    assert server.startswith("https://127.0.0.1:"), server
+    path = tmp_path / "kubeconfig-proxied"
+    path.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
+    return path
+
+
+async def test_readyz_turns_503_when_the_api_server_hangs_and_recovers(
+    cluster: Any, tmp_path: Path, tiny_bert_artifact: Path
+) -> None:
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "embeddingmodel.yaml"))
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "embeddingmodels", "-A", check=False).returncode == 0,
+        30,
+        "the EmbeddingModel CRD",
+    )
+    ns = cluster.namespace("gw-stale")
+    cluster.apply(em_manifest("first", ns, tiny_bert_artifact, 32))
+    host, port = cluster.server.removeprefix("https://").rsplit(":", 1)
+    proxy = await PausableProxy(host, int(port)).start()
+    gw_port = free_port()
+    env = {**cluster.env, "PYTHONPATH": str(REPO), "KUBECONFIG": str(
+        _kubeconfig_via(cluster, tmp_path, proxy.port)
+    )}  # fmt: skip
+    env.pop("KUBERNETES_SERVICE_HOST", None)
+    log = (tmp_path / "gateway.log").open("wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "akidb_embed", "gateway", "--host", "127.0.0.1", "--port",
+         str(gw_port), "--namespace", ns, "--watch-timeout", "3s", "--watch-stale-after", "5s"],
+        env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{gw_port}"
+    try:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as http:
+
+            async def readyz() -> int:
+                try:
+                    async with http.get(url + "/readyz") as resp:
+                        return resp.status
+                except aiohttp.ClientError:
+                    return 0
+
+            async def ready() -> bool:
+                return await readyz() == 200
+
+            async def not_ready() -> bool:
+                return await readyz() == 503
+
+            await _wait(ready, 60, "gateway /readyz 200")
+            await asyncio.sleep(6)  # past watch-stale-after: quiet watches still count alive
+            assert await readyz() == 200
+
+            proxy.pause()  # the API server stops answering; connections stay open
+            paused = time.monotonic()
+            await _wait(not_ready, 20, "/readyz 503 while the API server hangs")
+            went_stale = time.monotonic() - paused
+            async with http.get(url + "/readyz") as resp:
+                body = await resp.json()
+            assert resp.headers["Retry-After"] == "1"
+            assert body["stale_watches"], body
+            # A change made meanwhile reaches the gateway once the server answers again.
+            cluster.apply(em_manifest("second", ns, tiny_bert_artifact, 32))
+
+            proxy.resume()
+            resumed = time.monotonic()
+            await _wait(ready, 45, "/readyz 200 after the API server answers again")
+            recovered = time.monotonic() - resumed
+
+            async def both_models() -> bool:
+                async with http.get(url + "/v1/models") as resp:
+                    return {m["id"] for m in (await resp.json())["data"]} == {"first", "second"}
+
+            await _wait(both_models, 30, "the model created during the outage")
+            print(
+                f"\nstale after {went_stale:.1f}s of silence; ready {recovered:.1f}s after resume"
+            )
+            assert went_stale < 15
+    finally:
+        proxy.resume()
+        await proxy.close()
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+async def test_recency_only_moves_forward_on_a_real_api_server(
+    cluster: Any, tiny_bert_artifact: Path
+) -> None:
+    from kubernetes_asyncio import config as kube_config
+
+    from akidb_embed.gateway.kube import KubeBackend
+    from akidb_embed.k8s import to_rfc3339
+
+    cluster.kubectl("apply", "-f", str(REPO / "crds" / "embeddingmodel.yaml"))
+    cluster.wait_for(
+        lambda: cluster.kubectl("get", "embeddingmodels", "-A", check=False).returncode == 0,
+        30,
+        "the EmbeddingModel CRD",
+    )
+    ns = cluster.namespace("gw-recency")
+    cluster.apply(em_manifest("m", ns, tiny_bert_artifact, 32))
+    await kube_config.load_kube_config(config_file=str(cluster.kubeconfig))
+
+    def last() -> str | None:
+        status = cluster.get_json("em", "m", "-n", ns).get("status") or {}
+        return status.get("lastRequestTime")
+
+    base = time.time()
+    times = [to_rfc3339(base + i) for i in range(6)]
+    replicas = [KubeBackend(ns) for _ in range(3)]
+    try:
+        await replicas[0].raise_status_time("m", "lastRequestTime", times[3])
+        assert last() == times[3]
+        await replicas[1].raise_status_time("m", "lastRequestTime", times[1])  # older
+        assert last() == times[3]
+        # Three replicas at once, in any order: the latest wins (conflicts re-read).
+        for _ in range(3):
+            await asyncio.gather(
+                replicas[0].raise_status_time("m", "lastRequestTime", times[2]),
+                replicas[1].raise_status_time("m", "lastRequestTime", times[5]),
+                replicas[2].raise_status_time("m", "lastRequestTime", times[4]),
+            )
+            assert last() == times[5]
+        # Other status fields are left alone.
+        await replicas[0].patch_status("m", {"requestedAt": times[0]})
+        status = cluster.get_json("em", "m", "-n", ns)["status"]
+        assert status == {"requestedAt": times[0], "lastRequestTime": times[5]}
+    finally:
+        for backend in replicas:
+            await backend.close()

@@ -44,11 +44,20 @@ def test_pod_state_from_the_pod_object() -> None:
     assert [p.name for p in reg.pods("m")] == ["a", "b", "c"]
     assert [p.name for p in reg.ready_pods("m")] == ["a"]
     assert reg.pick_ready("m").base_url == "http://127.0.0.1:9001"  # type: ignore[union-attr]
+    reg.upsert_pod(pod_obj("v6", "n", 9004, ip="fd00:10:244::7"))
+    assert reg.pick_ready("n").base_url == "http://[fd00:10:244::7]:9004"  # type: ignore[union-attr]
+    assert str(reg.pick_ready("n").url("/embed")) == "http://[fd00:10:244::7]:9004/embed"  # type: ignore[union-attr]
     assert [p.name for p in reg.probe_candidates("m")] == ["b"]
     reg.mark_probed_ready("b")
     assert {p.name for p in reg.ready_pods("m")} == {"a", "b"}
-    reg.inflight["a"] = 3
+    for _ in range(3):
+        reg.call_started("a")
+    assert reg.in_flight("a") == 3
     assert reg.pick_ready("m").name == "b"  # type: ignore[union-attr]
+    assert reg.pick_ready("m", avoid=frozenset({"b"})).name == "a"  # type: ignore[union-attr]
+    for _ in range(3):
+        reg.call_ended("a")
+    assert reg.in_flight("a") == 0
     reg.mark_suspect("b")
     assert [p.name for p in reg.ready_pods("m")] == ["a"]
     assert reg.probe_candidates("m") == []  # quarantined
