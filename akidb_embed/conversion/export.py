@@ -185,14 +185,21 @@ def _default_opset(graph: Any) -> int:
     raise ExportError("exported graph declares no default-domain opset")
 
 
+# Ops kept in fp32 in an fp16 graph: normalizations and softmax sum over many values,
+# where fp16's 10-bit mantissa (and its 65504 range) loses the result.
+FP16_KEEP_FP32 = ("LayerNormalization", "SimplifiedLayerNormalization", "Softmax", "ReduceMean")
+
+
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     """fp32 graph -> fp16 weights and compute, fp32 inputs/outputs kept (for GPUs)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(fp32_path), load_external_data=True)
     try:
-        fp16 = convert_float_to_float16(model, keep_io_types=True)
+        fp16 = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32]
+        )
     except Exception as exc:
         raise ExportError(f"fp16 conversion failed: {exc}") from exc
     save_onnx(fp16, out_path)
