@@ -426,7 +426,14 @@ def _convert_embedding(
                 _copy_external(fp32_path, partial / MODEL_FILE)
             cpu_source = best
         else:
-            _quantize_best(best, model, reference, threshold, partial, progress, notes)
+            try:
+                _quantize_best(best, model, reference, threshold, partial, progress, notes)
+            except ExportError as exc:
+                if best == fp32_path:
+                    raise
+                log.warning("int8 of the chosen graph failed (%s); quantizing the exported", exc)
+                notes["cpu-graph"] = "dynamo (int8 of the chosen graph failed)"
+                _quantize_best(fp32_path, model, reference, threshold, partial, progress, notes)
             cpu_source = partial / MODEL_FILE
     cpu_model = ""
     if cpu_source is not None:

@@ -244,6 +244,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str] | None = N
 
     ``exclude``: MatMul node names to keep in fp32.
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     big = (
@@ -263,7 +264,9 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str] | None = N
             op_types_to_quantize=["MatMul", "Gather"],
             nodes_to_exclude=list(exclude or []),
             use_external_data_format=big,
-            extra_options={"MatMulConstBOnly": True},
+            # Shape inference does not type the outputs of fused contrib ops (Attention,
+            # SkipLayerNormalization): they are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
         )
     except Exception as exc:
         raise ExportError(f"int8 quantization failed: {exc}") from exc
