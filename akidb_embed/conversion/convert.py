@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from akidb_embed import __version__
 from akidb_embed.artifact import (
     CONVERTER_VERSION,
@@ -416,7 +418,7 @@ def _convert_embedding(
             convert_fp16(fp32_path, partial / MODEL_FILE)
     else:
         with progress.step("choosing the CPU graph (exporters x fusions, parity, timing)"):
-            best, graph_notes = _choose_cpu_graph(
+            best, graph_notes, passing = _choose_cpu_graph(
                 model, input_names, sample, fp32_path, opset, reference, partial, threshold
             )
             notes.update(graph_notes)
@@ -426,14 +428,16 @@ def _convert_embedding(
                 _copy_external(fp32_path, partial / MODEL_FILE)
             cpu_source = best
         else:
-            try:
-                _quantize_best(best, model, reference, threshold, partial, progress, notes)
-            except ExportError as exc:
-                if best == fp32_path:
-                    raise
-                log.warning("int8 of the chosen graph failed (%s); quantizing the exported", exc)
-                notes["cpu-graph"] = "dynamo (int8 of the chosen graph failed)"
-                _quantize_best(fp32_path, model, reference, threshold, partial, progress, notes)
+            with progress.step("choosing the int8 graph (graphs x schemes, parity, timing)"):
+                int8 = _choose_int8(
+                    passing or [Candidate("dynamo", fp32_path)],
+                    model,
+                    reference,
+                    threshold,
+                    partial,
+                    notes,
+                )
+            shutil.copyfile(int8, partial / MODEL_FILE)
             cpu_source = partial / MODEL_FILE
     cpu_model = ""
     if cpu_source is not None:
@@ -553,8 +557,9 @@ def _choose_cpu_graph(
     reference: ParityReference,
     partial: Path,
     threshold: float,
-) -> tuple[Path, dict[str, str]]:
-    """The fastest fp32 graph for ONNX Runtime on CPU that passes parity (see graphs.py)."""
+) -> tuple[Path, dict[str, str], list[Candidate]]:
+    """The fastest fp32 graph for ONNX Runtime on CPU that passes parity (see graphs.py),
+    and all that pass."""
     from akidb_embed.conversion.parity import load_tokenizer, tokenize
 
     candidates = [Candidate("dynamo", dynamo_path)]
@@ -577,37 +582,61 @@ def _choose_cpu_graph(
         best, notes = choose(candidates, reference.cosines, threshold, feeds)
     except ValueError:
         # None passed: keep the exporter's graph; the parity check below says by how much.
-        return dynamo_path, {"cpu-graph": "dynamo (no candidate passed parity)"}
-    return best.path, notes
+        return dynamo_path, {"cpu-graph": "dynamo (no candidate passed parity)"}, []
+    passing = [c for c in candidates if c.min_cosine >= threshold]
+    return best.path, notes, passing
 
 
-def _quantize_best(
-    fp32_path: Path,
+def _choose_int8(
+    graphs: list[Candidate],
     model: Any,
     reference: ParityReference,
     threshold: float,
     partial: Path,
-    progress: _Progress,
     notes: dict[str, str],
-) -> None:
-    """int8: the first scheme (most compressed first) that passes parity, else the best."""
+) -> Path:
+    """int8 of each fp32 graph with its most compressed scheme that passes parity, then
+    the fastest of those (or, when none passes, the closest: the parity check refuses it).
+    """
+    from akidb_embed.conversion.parity import load_tokenizer, tokenize
+
     intermediate = int(getattr(model.config, "intermediate_size", 0) or 0)
-    best: tuple[float, str] | None = None
-    scheme = INT8_SCHEMES[0]
-    for scheme in INT8_SCHEMES:
-        with progress.step(f"quantizing to int8 (dynamic, per-channel QInt8, {scheme})"):
-            exclude = ffn_matmuls(fp32_path, intermediate, scheme)
+    work = graphs[0].path.parent
+    passing: list[Candidate] = []
+    closest: tuple[float, Candidate] | None = None
+    for graph in graphs:
+        for scheme in INT8_SCHEMES:
+            exclude = ffn_matmuls(graph.path, intermediate, scheme)
             if scheme != "all" and not exclude:
                 continue
-            quantize_int8(fp32_path, partial / MODEL_FILE, exclude)
-            low = float(reference.cosines(partial / MODEL_FILE).min())
-        log.info("int8 scheme %s: min cosine %.6f (threshold %.4f)", scheme, low, threshold)
-        if best is None or low > best[0]:
-            best = (low, scheme)
-        if low >= threshold:
-            break
-    notes["int8-scheme"] = best[1] if best else "all"
-    if best is not None and best[1] != scheme:  # the last tried is not the best one
-        quantize_int8(
-            fp32_path, partial / MODEL_FILE, ffn_matmuls(fp32_path, intermediate, best[1])
-        )
+            out = work / f"int8-{graph.name.replace('+', '-')}-{scheme}.onnx"
+            try:
+                quantize_int8(graph.path, out, exclude)
+            except ExportError as exc:
+                log.warning("int8 of %s failed (%s); not considered", graph.name, exc)
+                break
+            cand = Candidate(f"{graph.name} int8 {scheme}", out)
+            cand.min_cosine = float(reference.cosines(out).min())
+            log.info("%s: min cosine %.6f (threshold %.4f)", cand.name, cand.min_cosine, threshold)
+            if closest is None or cand.min_cosine > closest[0]:
+                closest = (cand.min_cosine, cand)
+            if cand.min_cosine >= threshold:
+                passing.append(cand)
+                break
+    if not passing:
+        if closest is None:
+            raise ExportError("int8 quantization failed for every graph")
+        notes["int8-scheme"] = closest[1].name
+        return closest[1].path
+    tok = load_tokenizer(partial / TOKENIZER_FILE, 512)
+    feeds = timing_feeds(lambda texts: tokenize(tok, texts, reference_inputs(reference)))
+    cos = {c.path: c.min_cosine for c in passing}
+    best, choice = choose(passing, lambda path: np.array([cos[path]]), threshold, feeds)
+    notes["int8-scheme"] = best.name.rsplit(" ", 1)[-1]
+    notes["cpu-graph"] = best.name
+    notes["cpu-graph-timings"] = choice["cpu-graph-timings"]
+    return best.path
+
+
+def reference_inputs(reference: ParityReference) -> list[str]:
+    return list(reference.feeds)

@@ -261,7 +261,8 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str] | None = N
             str(out_path),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul", "Gather"],
+            # EmbedLayerNormalization: the word embeddings of a fused BERT graph.
+            op_types_to_quantize=["MatMul", "Gather", "EmbedLayerNormalization"],
             nodes_to_exclude=list(exclude or []),
             use_external_data_format=big,
             # Shape inference does not type the outputs of fused contrib ops (Attention,
