@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import datetime as dt
 import json
 import os
@@ -142,8 +143,11 @@ class RawOrt:
         so.intra_op_num_threads = threads
         so.inter_op_num_threads = 1
         so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the server
+        # The graph the server runs on a CPU (the saved CPU graph when there is one), so
+        # the overhead rows compare like with like.
+        graph = self.manifest.cpu_model or "model.onnx"
         self.session = ort.InferenceSession(
-            str(artifact / "model.onnx"), so, providers=["CPUExecutionProvider"]
+            str(artifact / graph), so, providers=["CPUExecutionProvider"]
         )
         self.inputs = {i.name for i in self.session.get_inputs()}
 
@@ -255,32 +259,53 @@ def wait_http(url: str, path: str, proc: subprocess.Popen[bytes], timeout: float
 
 
 def bench_interleaved(
-    artifact: Path, raw: RawOrt, texts: list[str], threads: int, rounds: int
+    artifact: Path,
+    raw: RawOrt,
+    texts: list[str],
+    threads: int,
+    rounds: int,
+    baseline: tuple[str, Path] | None = None,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Raw ORT b1/b32 and the server c1/c32, alternated round by round.
 
     The machine is shared and noisy; alternating the systems in short rounds exposes
-    each one to the same background load, so the ratios mean something.
+    each one to the same background load, so the ratios mean something. ``baseline``
+    (PYTHONPATH, artifact): a second server from other code (e.g. main before a change),
+    measured in the same rounds as ``baseline_server_c1`` / ``baseline_server_c32``.
     """
     from akidb_embed.model_server.runner import ServerProcess
 
-    accs = {k: Acc() for k in ("raw_ort_b1", "server_c1", "raw_ort_b32", "server_c32")}
+    names = ["raw_ort_b1", "server_c1", "raw_ort_b32", "server_c32"]
+    if baseline is not None:
+        names += ["baseline_server_c1", "baseline_server_c32"]
+    accs = {k: Acc() for k in names}
     chunks = [texts[i::rounds] for i in range(rounds)]
-    with ServerProcess(artifact, ["--threads", str(threads)]) as srv:
+    with contextlib.ExitStack() as stack:
+        srv = stack.enter_context(ServerProcess(artifact, ["--threads", str(threads)]))
+        servers = {"server": srv}
+        if baseline is not None:
+            env = {"PYTHONPATH": baseline[0]}
+            servers["baseline_server"] = stack.enter_context(
+                ServerProcess(baseline[1], ["--threads", str(threads)], env=env)
+            )
         info = srv.info()
         model = info["model"]["name"]
         raw.embed(texts[:CONCURRENCY])
-        asyncio.run(http_load(srv.url, model, texts[:CONCURRENCY], CONCURRENCY, raw=True))
+        for s in servers.values():
+            asyncio.run(http_load(s.url, model, texts[:CONCURRENCY], CONCURRENCY, raw=True))
         for chunk in chunks:
             n = len(chunk)
             accs["raw_ort_b1"].add(time_batches(raw.embed, chunk, 1), n)
-            accs["server_c1"].add(
-                asyncio.run(http_load(srv.url, model, chunk, 1, warmup=0, raw=True)), n
-            )
+            for key, s in servers.items():
+                accs[f"{key}_c1"].add(
+                    asyncio.run(http_load(s.url, model, chunk, 1, warmup=0, raw=True)), n
+                )
             accs["raw_ort_b32"].add(time_batches(raw.embed, chunk, CONCURRENCY), n)
-            accs["server_c32"].add(
-                asyncio.run(http_load(srv.url, model, chunk, CONCURRENCY, warmup=0, raw=True)), n
-            )
+            for key, s in servers.items():
+                accs[f"{key}_c32"].add(
+                    asyncio.run(http_load(s.url, model, chunk, CONCURRENCY, warmup=0, raw=True)),
+                    n,
+                )
         mem: dict[str, Any] = dict(rss_mib(srv.pid))
         mem["info"] = {
             "providers": info.get("providers", {}).get("in_use"),
@@ -397,6 +422,22 @@ def build_report(res: dict[str, Any]) -> dict[str, Any]:
             "value": ratio(tput.get("server_c32"), tput.get("infinity_c32")),
             "target": "informational",
         }
+    if "baseline_server_c32" in r:
+        ratios["server_c32_vs_baseline_server_c32"] = {
+            "value": ratio(tput.get("server_c32"), tput.get("baseline_server_c32")),
+            "target": "> 1 (this code faster than the baseline)",
+        }
+        base_overhead = None
+        if "p50_ms" in r.get("baseline_server_c1", {}) and "p50_ms" in r.get("raw_ort_b1", {}):
+            base_overhead = round(r["baseline_server_c1"]["p50_ms"] - r["raw_ort_b1"]["p50_ms"], 3)
+        ratios["baseline_server_c1_p50_overhead_ms_vs_raw_ort_b1"] = {
+            "value": base_overhead,
+            "target": "informational (the baseline's overhead, same run)",
+        }
+        ratios["baseline_server_c32_vs_sentence_transformers"] = {
+            "value": ratio(tput.get("baseline_server_c32"), tput.get("sentence_transformers_b32")),
+            "target": "informational",
+        }
     res["ratios"] = ratios
     return res
 
@@ -488,6 +529,16 @@ def main(argv: list[str] | None = None) -> int:
         help="extra PYTHONPATH where infinity-emb is installed (its deps clash with the venv)",
     )
     p.add_argument("--no-infinity", action="store_true")
+    p.add_argument(
+        "--baseline-pythonpath",
+        help="PYTHONPATH of other code (e.g. main before a change) to serve the same texts "
+        "in the same rounds: rows baseline_server_c1/c32",
+    )
+    p.add_argument(
+        "--baseline-artifact",
+        type=Path,
+        help="artifact for the baseline server (default: the same artifact)",
+    )
     args = p.parse_args(argv)
 
     if args.artifact is None:
@@ -531,7 +582,11 @@ def main(argv: list[str] | None = None) -> int:
     res["config"]["max_tokens"] = max(tokens)
     rounds = 2 if args.quick else 4
     res["config"]["rounds"] = rounds
-    interleaved, mem = bench_interleaved(artifact, raw, texts, threads, rounds)
+    baseline = None
+    if args.baseline_pythonpath:
+        baseline = (args.baseline_pythonpath, args.baseline_artifact or artifact)
+        res["config"]["baseline"] = {"pythonpath": baseline[0], "artifact": str(baseline[1])}
+    interleaved, mem = bench_interleaved(artifact, raw, texts, threads, rounds, baseline)
     r.update(interleaved)
     res["server_memory"] = mem
     del raw
