@@ -524,6 +524,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="short smoke run")
     p.add_argument("--out-dir", type=Path, default=RESULTS_DIR)
     p.add_argument(
+        "--name",
+        default="model_server",
+        help="results file stem (default model_server; model_server_int8 for the int8 run)",
+    )
+    p.add_argument(
         "--infinity-pythonpath",
         default=os.environ.get("INFINITY_PYTHONPATH"),
         help="extra PYTHONPATH where infinity-emb is installed (its deps clash with the venv)",
@@ -625,8 +630,8 @@ def main(argv: list[str] | None = None) -> int:
     res["duration_s"] = round(time.perf_counter() - t_start, 1)
     build_report(res)
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "model_server.json").write_text(json.dumps(res, indent=2) + "\n")
-    plot(res, args.out_dir / "model_server.png")
+    (args.out_dir / f"{args.name}.json").write_text(json.dumps(res, indent=2) + "\n")
+    plot(res, args.out_dir / f"{args.name}.png")
     print(markdown(res))
     return 0
 
