@@ -77,10 +77,11 @@ def main(argv: list[str] | None = None) -> int:
     sys.path.insert(0, str(REPO))
     from bench.model_server import machine_info
 
-    res = {"benchmark": "http_floor", "machine": machine_info(), "results": measure(args.texts)}
+    results = measure(args.texts)
+    res = {"benchmark": "http_floor", "machine": machine_info(), "results": results}
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    for name, r in res["results"].items():
+    for name, r in results.items():
         print(
             f"{name}: p50 {r['p50_ms']:.3f} ms, p95 {r['p95_ms']:.3f} ms, "
             f"{r['throughput_texts_s']:.0f} requests/s"
