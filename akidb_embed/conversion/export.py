@@ -200,6 +200,12 @@ def convert_fp16(fp32_path: Path, out_path: Path) -> None:
         fp16 = convert_float_to_float16(
             model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32]
         )
+        # Casts inserted around the blocked ops can land after their consumers.
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        sorted_model = OnnxModel(fp16)
+        sorted_model.topological_sort()
+        fp16 = sorted_model.model
     except Exception as exc:
         raise ExportError(f"fp16 conversion failed: {exc}") from exc
     save_onnx(fp16, out_path)
