@@ -89,7 +89,9 @@ def save_onnx(model: Any, path: Path) -> list[Path]:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() < TWO_GIB:
+    # ByteSize() itself fails past 2 GiB (protobuf's limit): count the weights instead.
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights < TWO_GIB - 64 * 1024**2 and model.ByteSize() < TWO_GIB:
         onnx.save_model(model, str(path))
         return [path]
     data = path.name + ".data"
