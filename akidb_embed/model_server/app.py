@@ -69,7 +69,7 @@ class ServerSettings:
     # Measure p50/p95/texts-per-second after turning ready, between requests (/info).
     self_benchmark: bool = True
     # A lone text with the inference thread idle runs on the event loop (batcher.py).
-    inline_single: bool = True
+    inline_single: bool = False
 
 
 class Metrics:

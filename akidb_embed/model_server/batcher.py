@@ -120,7 +120,7 @@ class Batcher:
         window_batches: int = 4,
         stats: BatchStats | None = None,
         max_padding_ratio: float | None = None,
-        inline: bool = True,
+        inline: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_texts < 1:
             raise ValueError("batch and queue limits must be positive")

@@ -131,7 +131,7 @@ async def test_a_lone_text_runs_inline_only_when_the_thread_is_idle() -> None:
             gate.wait(5)  # hold the inference thread busy
         return _echo(seqs)
 
-    b = Batcher(run, max_batch_size=4, max_batch_tokens=1000)
+    b = Batcher(run, max_batch_size=4, max_batch_tokens=1000, inline=True)
     try:
         assert (await b.submit([_seq(5)])).tolist() == [[5.0, 3.0]]
         assert names == [threading.current_thread().name]  # idle: inline
