@@ -6,6 +6,8 @@ and the operator (finds it by key in node-local storage).
 Layout of an artifact directory::
 
     model.onnx            the ONNX graph (external data next to it for models > 2 GiB)
+    model.ort-cpu.onnx    optional (manifest ``cpu_model``): the fastest graph for ONNX
+                          Runtime on CPU, chosen at conversion and saved optimized
     tokenizer.json        fast tokenizer (plus whatever tokenizer files the source had)
     manifest.json         ArtifactManifest below
 """
@@ -24,7 +26,8 @@ MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
 MANIFEST_SCHEMA = 1
 # Bump when the conversion output changes shape, so old artifacts are not reused.
-CONVERTER_VERSION = "1"
+# 2: the CPU graph chosen by measurement (model.ort-cpu.onnx, manifest cpu_model).
+CONVERTER_VERSION = "2"
 
 
 class ArtifactError(Exception):
@@ -97,6 +100,8 @@ class ArtifactManifest:
     query_prefix: str = ""
     document_prefix: str = ""
     files: dict[str, str] = field(default_factory=dict)  # relative path -> "sha256:<hex>"
+    # The saved CPU graph (relative path), "" when the artifact has none (converter 1).
+    cpu_model: str = ""
     parity: Parity | None = None
     created: str = ""
     tool_versions: dict[str, str] = field(default_factory=dict)
@@ -159,9 +164,12 @@ def file_digest(path: Path, chunk: int = 1 << 20) -> str:
     return "sha256:" + h.hexdigest()
 
 
-def verify_files(directory: Path, manifest: ArtifactManifest) -> None:
-    """Check every file the manifest lists exists and has its recorded digest."""
+def verify_files(directory: Path, manifest: ArtifactManifest, only: set[str] | None = None) -> None:
+    """Check every file the manifest lists (or those of them in ``only``: the files a
+    reader actually opens) exists and has its recorded digest."""
     for rel, expected in manifest.files.items():
+        if only is not None and rel not in only:
+            continue
         path = Path(directory) / rel
         if not path.is_file():
             raise ArtifactError(f"artifact file {path} is missing")

@@ -26,7 +26,26 @@ COMMAND_MODULES = (
 )
 
 
-def build_parser() -> argparse.ArgumentParser:
+# Sub-commands whose start-up time matters (a model server's cold start): when the
+# command line names one, only its module is imported (the others pull in kopf, the
+# conversion and cluster code: ~0.3 s measured).
+FAST_COMMANDS = {"serve": "akidb_embed.model_server.cli"}
+
+
+def _command(argv: list[str]) -> str | None:
+    """The sub-command named on the command line (the first word that is no option)."""
+    skip = False
+    for word in argv:
+        if skip:
+            skip = False
+        elif word == "--log-level":
+            skip = True
+        elif not word.startswith("-"):
+            return word
+    return None
+
+
+def build_parser(argv: list[str] | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="akidb-embed",
         description="Multi-model text-embedding serving for GPU edge nodes on Kubernetes.",
@@ -39,7 +58,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="log verbosity (default INFO)",
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
+    fast = FAST_COMMANDS.get(_command(sys.argv[1:] if argv is None else argv) or "")
+    for name in (fast,) if fast else COMMAND_MODULES:
         try:
             module = importlib.import_module(name)
         except ModuleNotFoundError as exc:
@@ -52,7 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
+    parser = build_parser(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=getattr(logging, args.log_level),

@@ -197,6 +197,101 @@ def operator_section() -> str:
     return "\n\n".join(parts)
 
 
+def cold_start_section() -> str:
+    loaded = _load("cold_start.json")
+    if loaded is None:
+        return ""
+    data, _ = loaded
+    keys = ("port_open_s", "ready_s", "first_response_s", "server_load_s", "server_warmup_s")
+    rows = [[name, *(r["median"][k] for k in keys)] for name, r in data["results"].items()]
+    systems = data["config"]["systems"]
+    legend = "; ".join(f"`{k}`: code {v[1]}, artifact {v[0]}" for k, v in systems.items())
+    return "\n\n".join(
+        [
+            "## Model server cold start (MiniLM fp32, CPU) — `python -m bench.cold_start`",
+            f"Measured on {data['machine']}; median of {data['config']['rounds']} starts per "
+            f"system, alternated. Seconds from process start. {legend}.",
+            _table(["system", *keys], rows),
+        ]
+    )
+
+
+def http_floor_section() -> str:
+    loaded = _load("http_floor.json")
+    if loaded is None:
+        return ""
+    data, mtime = loaded
+    machine = data.get("machine", {})
+    rows = [
+        [name, r["p50_ms"], r["p95_ms"], r["throughput_texts_s"]]
+        for name, r in data["results"].items()
+    ]
+    return "\n\n".join(
+        [
+            "## HTTP floor: a do-nothing aiohttp handler — `python -m bench.http_floor`",
+            _machine_line(machine, str(machine.get("date", mtime))[:10]),
+            "The part of the model server's c1 overhead that is HTTP itself (same client, "
+            "same request shape, a fixed pre-encoded answer).",
+            _table(["system", "p50 ms", "p95 ms", "requests/s"], rows),
+        ]
+    )
+
+
+def models_section() -> str:
+    loaded = _load("models.json")
+    if loaded is None:
+        return ""
+    data, _ = loaded
+    rows = []
+    for name, r in data.get("models", {}).items():
+        if "p50_ms_c1" not in r:
+            rows.append([name, r.get("status", "not measured"), "", "", "", "", "", "", "", ""])
+            continue
+        rows.append(
+            [
+                name,
+                r["weights"],
+                r["cpu_graph"],
+                r["p50_ms_c1"],
+                r["p95_ms_c1"],
+                r["throughput_c32_texts_s"],
+                r["rss_mib"],
+                r["cold_start_s"],
+                r["mean_tokens"],
+                r["machine"],
+            ]
+        )
+    header = [
+        "model",
+        "weights",
+        "CPU graph",
+        "p50 ms c1",
+        "p95 ms c1",
+        "texts/s c32",
+        "RSS MiB",
+        "cold start s",
+        "mean tokens",
+        "machine, date",
+    ]
+    parts = [
+        "## Catalog models at true size (fp32, CPU) — `python -m bench.models`",
+        "Each served by `akidb-embed serve` (one text per request over HTTP; c1 = "
+        "concurrency 1, c32 = 32). Random-weight models have their real architecture and "
+        "size (the compute does not depend on the weights' values); Qwen3's tokenizer is "
+        "a byte-level BPE trained here, so its token counts differ from the real model's.",
+        _table(header, rows),
+    ]
+    for name, r in data.get("models", {}).items():
+        w = r.get("wrk_c32")
+        if w and "throughput_texts_s" in w:
+            parts.append(
+                f"External load generator on {name}: `{w['tool']}` -> "
+                f"{_fmt(w['throughput_texts_s'])} requests/s, p50 {w.get('p50_ms')} ms, "
+                f"p99 {w.get('p99_ms')} ms."
+            )
+    return "\n\n".join(parts)
+
+
 def render() -> str:
     sections = [
         s
@@ -206,6 +301,9 @@ def render() -> str:
                 "model_server_int8",
                 "MiniLM int8 on the CPU (sentence-transformers row: fp32 PyTorch)",
             ),
+            cold_start_section(),
+            http_floor_section(),
+            models_section(),
             gpu_section(),
             gateway_section(),
             operator_section(),

@@ -19,6 +19,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from akidb_embed import __version__
 from akidb_embed.artifact import (
     CONVERTER_VERSION,
@@ -45,6 +47,16 @@ from akidb_embed.conversion.export import (
     ffn_matmuls,
     load_model,
     quantize_int8,
+)
+from akidb_embed.conversion.graphs import (
+    CPU_MODEL_FILE,
+    Candidate,
+    choose,
+    export_torchscript,
+    fusable,
+    fuse,
+    save_cpu_graph,
+    timing_feeds,
 )
 from akidb_embed.conversion.parity import THRESHOLDS, ParityError, ParityReference
 from akidb_embed.conversion.rules import ModelRules, RulesError, resolve_rules
@@ -381,7 +393,10 @@ def _convert_embedding(
         config_dim = getattr(model.config, "hidden_size", rules.dimension)
         if config_dim != rules.dimension:
             raise ConversionError(f"model hidden size {config_dim} != dimension {rules.dimension}")
-    fp32_path = partial / MODEL_FILE if precision == "fp32" else partial / "fp32" / MODEL_FILE
+    # The exporter's graph goes to a scratch folder; what ends up in the artifact is
+    # decided below (the portable model.onnx, the CPU graph chosen by measurement).
+    scratch = partial / "graphs"
+    fp32_path = scratch / MODEL_FILE
     with progress.step(
         f"exporting the ONNX graph (opset {opset}, inputs {', '.join(input_names)})"
     ):
@@ -397,36 +412,50 @@ def _convert_embedding(
         max_length=rules.max_length,
     )
     notes: dict[str, str] = {}
+    cpu_source: Path | None = None  # the graph model.ort-cpu.onnx is made from
     if precision == "fp16":
-        with progress.step("converting to fp16 (fp32 inputs/outputs kept)"):
+        with progress.step("converting to fp16 (fp32 inputs/outputs, norms and softmax kept)"):
             convert_fp16(fp32_path, partial / MODEL_FILE)
-    elif precision == "int8":
-        intermediate = int(getattr(model.config, "intermediate_size", 0) or 0)
-        best: tuple[float, str] | None = None
-        for scheme in INT8_SCHEMES:
-            with progress.step(f"quantizing to int8 (dynamic, per-channel QInt8, {scheme})"):
-                exclude = ffn_matmuls(fp32_path, intermediate, scheme)
-                if scheme != "all" and not exclude:
-                    continue
-                quantize_int8(fp32_path, partial / MODEL_FILE, exclude)
-                low = float(reference.cosines(partial / MODEL_FILE).min())
-            log.info("int8 scheme %s: min cosine %.6f (threshold %.4f)", scheme, low, threshold)
-            if best is None or low > best[0]:
-                best = (low, scheme)
-            if low >= threshold:
-                break
-        notes["int8-scheme"] = best[1] if best else "all"
-        if best is not None and best[1] != scheme:  # the last tried is not the best one
-            quantize_int8(
-                fp32_path, partial / MODEL_FILE, ffn_matmuls(fp32_path, intermediate, best[1])
+    else:
+        with progress.step("choosing the CPU graph (exporters x fusions, parity, timing)"):
+            best, graph_notes, passing = _choose_cpu_graph(
+                model, input_names, sample, fp32_path, opset, reference, partial, threshold
             )
-    if fp32_path != partial / MODEL_FILE:
-        shutil.rmtree(fp32_path.parent, ignore_errors=True)
+            notes.update(graph_notes)
+        if precision == "fp32":
+            shutil.copyfile(fp32_path, partial / MODEL_FILE)
+            if fp32_path.with_name(fp32_path.name + ".data").exists():
+                _copy_external(fp32_path, partial / MODEL_FILE)
+            cpu_source = best
+        else:
+            with progress.step("choosing the int8 graph (graphs x schemes, parity, timing)"):
+                int8 = _choose_int8(
+                    passing or [Candidate("dynamo", fp32_path)],
+                    model,
+                    reference,
+                    threshold,
+                    partial,
+                    notes,
+                )
+            shutil.copyfile(int8, partial / MODEL_FILE)
+            cpu_source = partial / MODEL_FILE
+    cpu_model = ""
+    if cpu_source is not None:
+        with progress.step("saving the ONNX Runtime-optimized CPU graph"):
+            if save_cpu_graph(cpu_source, partial / CPU_MODEL_FILE):
+                cpu_model = CPU_MODEL_FILE
+            else:
+                notes["cpu-graph"] = "none: the graph is over 2 GiB (the server optimizes at load)"
+    shutil.rmtree(scratch, ignore_errors=True)
 
     parity: Parity | None
     with progress.step(f"parity check against PyTorch ({precision}, threshold {threshold})"):
         try:
             parity = reference.check(partial / MODEL_FILE, threshold)
+            if cpu_model:  # the graph the server runs on a CPU is held to the same bar
+                cpu_parity = reference.check(partial / cpu_model, threshold)
+                if (cpu_parity.min_cosine or 0.0) < (parity.min_cosine or 0.0):
+                    parity = cpu_parity
         except ParityError:
             raise
         except Exception as exc:
@@ -460,6 +489,7 @@ def _convert_embedding(
         parity=parity,
         notes=notes,
         quantization=quantization,
+        cpu_model=cpu_model,
     )
 
 
@@ -476,6 +506,7 @@ def build_manifest(
     parity: Parity | None,
     notes: dict[str, str],
     quantization: Quantization,
+    cpu_model: str = "",
 ) -> ArtifactManifest:
     """The manifest of the files in `partial` (digests of every file but the manifest)."""
     files = {
@@ -506,7 +537,106 @@ def build_manifest(
         query_prefix=rules.query_prefix,
         document_prefix=rules.document_prefix,
         files=files,
+        cpu_model=cpu_model,
         parity=parity,
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         tool_versions={**_tool_versions(), **notes},
     )
+
+
+def _copy_external(src: Path, dst: Path) -> None:
+    shutil.copyfile(src.with_name(src.name + ".data"), dst.with_name(dst.name + ".data"))
+
+
+def _choose_cpu_graph(
+    model: Any,
+    input_names: list[str],
+    sample: dict[str, Any],
+    dynamo_path: Path,
+    opset: int,
+    reference: ParityReference,
+    partial: Path,
+    threshold: float,
+) -> tuple[Path, dict[str, str], list[Candidate]]:
+    """The fastest fp32 graph for ONNX Runtime on CPU that passes parity (see graphs.py),
+    and all that pass."""
+    from akidb_embed.conversion.parity import load_tokenizer, tokenize
+
+    candidates = [Candidate("dynamo", dynamo_path)]
+    config = model.config
+    if fusable(config):
+        heads, hidden = int(config.num_attention_heads), int(config.hidden_size)
+        work = dynamo_path.parent
+        try:
+            fuse(dynamo_path, work / "dynamo-fused.onnx", heads, hidden)
+            candidates.append(Candidate("dynamo+fusion", work / "dynamo-fused.onnx"))
+            export_torchscript(model, input_names, sample, work / "torchscript.onnx", opset)
+            fused = fuse(work / "torchscript.onnx", work / "torchscript-fused.onnx", heads, hidden)
+            log.info("fusions in the TorchScript graph: %s", fused)
+            candidates.append(Candidate("torchscript+fusion", work / "torchscript-fused.onnx"))
+        except Exception as exc:  # a candidate that cannot be built is just not a candidate
+            log.warning("graph candidate failed (%s: %s); not considered", type(exc).__name__, exc)
+    tok = load_tokenizer(partial / TOKENIZER_FILE, 512)
+    feeds = timing_feeds(lambda texts: tokenize(tok, texts, input_names))
+    try:
+        best, notes = choose(candidates, reference.cosines, threshold, feeds)
+    except ValueError:
+        # None passed: keep the exporter's graph; the parity check below says by how much.
+        return dynamo_path, {"cpu-graph": "dynamo (no candidate passed parity)"}, []
+    passing = [c for c in candidates if c.min_cosine >= threshold]
+    return best.path, notes, passing
+
+
+def _choose_int8(
+    graphs: list[Candidate],
+    model: Any,
+    reference: ParityReference,
+    threshold: float,
+    partial: Path,
+    notes: dict[str, str],
+) -> Path:
+    """int8 of each fp32 graph with its most compressed scheme that passes parity, then
+    the fastest of those (or, when none passes, the closest: the parity check refuses it).
+    """
+    from akidb_embed.conversion.parity import load_tokenizer, tokenize
+
+    intermediate = int(getattr(model.config, "intermediate_size", 0) or 0)
+    work = graphs[0].path.parent
+    passing: list[Candidate] = []
+    closest: tuple[float, Candidate] | None = None
+    for graph in graphs:
+        for scheme in INT8_SCHEMES:
+            exclude = ffn_matmuls(graph.path, intermediate, scheme)
+            if scheme != "all" and not exclude:
+                continue
+            out = work / f"int8-{graph.name.replace('+', '-')}-{scheme}.onnx"
+            try:
+                quantize_int8(graph.path, out, exclude)
+            except ExportError as exc:
+                log.warning("int8 of %s failed (%s); not considered", graph.name, exc)
+                break
+            cand = Candidate(f"{graph.name} int8 {scheme}", out)
+            cand.min_cosine = float(reference.cosines(out).min())
+            log.info("%s: min cosine %.6f (threshold %.4f)", cand.name, cand.min_cosine, threshold)
+            if closest is None or cand.min_cosine > closest[0]:
+                closest = (cand.min_cosine, cand)
+            if cand.min_cosine >= threshold:
+                passing.append(cand)
+                break
+    if not passing:
+        if closest is None:
+            raise ExportError("int8 quantization failed for every graph")
+        notes["int8-scheme"] = closest[1].name
+        return closest[1].path
+    tok = load_tokenizer(partial / TOKENIZER_FILE, 512)
+    feeds = timing_feeds(lambda texts: tokenize(tok, texts, reference_inputs(reference)))
+    cos = {c.path: c.min_cosine for c in passing}
+    best, choice = choose(passing, lambda path: np.array([cos[path]]), threshold, feeds)
+    notes["int8-scheme"] = best.name.rsplit(" ", 1)[-1]
+    notes["cpu-graph"] = best.name
+    notes["cpu-graph-timings"] = choice["cpu-graph-timings"]
+    return best.path
+
+
+def reference_inputs(reference: ParityReference) -> list[str]:
+    return list(reference.feeds)

@@ -89,7 +89,9 @@ def save_onnx(model: Any, path: Path) -> list[Path]:
     import onnx
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    if model.ByteSize() < TWO_GIB:
+    # ByteSize() itself fails past 2 GiB (protobuf's limit): count the weights instead.
+    weights = sum(len(t.raw_data) for t in model.graph.initializer)
+    if weights < TWO_GIB - 64 * 1024**2 and model.ByteSize() < TWO_GIB:
         onnx.save_model(model, str(path))
         return [path]
     data = path.name + ".data"
@@ -185,14 +187,27 @@ def _default_opset(graph: Any) -> int:
     raise ExportError("exported graph declares no default-domain opset")
 
 
+# Ops kept in fp32 in an fp16 graph: normalizations and softmax sum over many values,
+# where fp16's 10-bit mantissa (and its 65504 range) loses the result.
+FP16_KEEP_FP32 = ("LayerNormalization", "SimplifiedLayerNormalization", "Softmax", "ReduceMean")
+
+
 def convert_fp16(fp32_path: Path, out_path: Path) -> None:
     """fp32 graph -> fp16 weights and compute, fp32 inputs/outputs kept (for GPUs)."""
     import onnx
-    from onnxruntime.transformers.float16 import convert_float_to_float16
+    from onnxruntime.transformers.float16 import DEFAULT_OP_BLOCK_LIST, convert_float_to_float16
 
     model = onnx.load(str(fp32_path), load_external_data=True)
     try:
-        fp16 = convert_float_to_float16(model, keep_io_types=True)
+        fp16 = convert_float_to_float16(
+            model, keep_io_types=True, op_block_list=[*DEFAULT_OP_BLOCK_LIST, *FP16_KEEP_FP32]
+        )
+        # Casts inserted around the blocked ops can land after their consumers.
+        from onnxruntime.transformers.onnx_model import OnnxModel
+
+        sorted_model = OnnxModel(fp16)
+        sorted_model.topological_sort()
+        fp16 = sorted_model.model
     except Exception as exc:
         raise ExportError(f"fp16 conversion failed: {exc}") from exc
     save_onnx(fp16, out_path)
@@ -237,6 +252,7 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str] | None = N
 
     ``exclude``: MatMul node names to keep in fp32.
     """
+    from onnx import TensorProto
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     big = (
@@ -253,10 +269,13 @@ def quantize_int8(fp32_path: Path, out_path: Path, exclude: list[str] | None = N
             str(out_path),
             weight_type=QuantType.QInt8,
             per_channel=True,
-            op_types_to_quantize=["MatMul", "Gather"],
+            # EmbedLayerNormalization: the word embeddings of a fused BERT graph.
+            op_types_to_quantize=["MatMul", "Gather", "EmbedLayerNormalization"],
             nodes_to_exclude=list(exclude or []),
             use_external_data_format=big,
-            extra_options={"MatMulConstBOnly": True},
+            # Shape inference does not type the outputs of fused contrib ops (Attention,
+            # SkipLayerNormalization): they are float.
+            extra_options={"MatMulConstBOnly": True, "DefaultTensorType": TensorProto.FLOAT},
         )
     except Exception as exc:
         raise ExportError(f"int8 quantization failed: {exc}") from exc

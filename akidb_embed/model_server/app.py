@@ -68,6 +68,8 @@ class ServerSettings:
     retry_after_s: int = 1
     # Measure p50/p95/texts-per-second after turning ready, between requests (/info).
     self_benchmark: bool = True
+    # A lone text with the inference thread idle runs on the event loop (batcher.py).
+    inline_single: bool = False
 
 
 class Metrics:
@@ -251,6 +253,7 @@ class ModelServer:
             max_batch_tokens=s.max_batch_tokens,
             max_queue_texts=s.max_queue_texts,
             max_padding_ratio=s.max_padding_ratio,
+            inline=s.inline_single,
             # Queue depth and in-flight gauges are read at scrape time (handle_metrics),
             # not updated per request: each update takes a lock.
             stats=BatchStats(on_batch=self.metrics.on_batch),

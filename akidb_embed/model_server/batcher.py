@@ -120,6 +120,7 @@ class Batcher:
         window_batches: int = 4,
         stats: BatchStats | None = None,
         max_padding_ratio: float | None = None,
+        inline: bool = False,
     ) -> None:
         if max_batch_size < 1 or max_batch_tokens < 1 or max_queue_texts < 1:
             raise ValueError("batch and queue limits must be positive")
@@ -143,6 +144,10 @@ class Batcher:
         # Background work for the inference thread when no request waits (one ORT run
         # per call; returns True to be called again). See run_when_idle.
         self._idle_work: Callable[[], bool] | None = None
+        # An ORT run is in progress (on the inference thread, or inline on the loop).
+        self._busy = False
+        # Run a lone text inline on the loop when the inference thread is idle.
+        self.inline = inline
 
     @property
     def waiting(self) -> int:
@@ -191,6 +196,10 @@ class Batcher:
             raise QueueFullError(waiting, self.max_queue_texts)
         self.start()
         assert self._loop is not None
+        if self.inline and len(seqs) == 1 and not waiting:
+            out = self._run_inline(seqs)
+            if out is not None:
+                return out
         job = _Job(seqs, self._loop.create_future(), remaining=len(seqs))
         order = self._order
         items = [_Item(len(s), order + i, job, i) for i, s in enumerate(seqs)]
@@ -199,6 +208,30 @@ class Batcher:
             self._pending.extend(items)
             self._cond.notify()
         return await job.future
+
+    def _run_inline(self, seqs: Sequence[npt.NDArray[np.int64]]) -> npt.NDArray[np.float32] | None:
+        """Run a lone text on the event loop's thread when the inference thread is idle.
+
+        With nothing queued nor running there is nothing to batch with; handing the
+        text to the inference thread and the result back costs two thread wake-ups.
+        None: the inference thread is busy (or has background work); queue instead.
+        """
+        with self._cond:
+            if self._pending or self._busy or self._idle_work is not None:
+                return None
+            self._busy = True  # the inference thread waits for this run to end
+        try:
+            t0 = time.perf_counter()
+            out = self._run(seqs)
+            self.batches_run += 1
+            if self.stats.on_batch:
+                n = len(seqs[0])
+                self.stats.on_batch(1, n, n, time.perf_counter() - t0)
+            return out
+        finally:
+            with self._cond:
+                self._busy = False
+                self._cond.notify()
 
     def _serve(self) -> None:
         """The inference thread: take what waits, cut it into batches, run them.
@@ -213,7 +246,7 @@ class Batcher:
         while True:
             idle: Callable[[], bool] | None = None
             with cond:
-                while not pending and not self._closed and self._idle_work is None:
+                while self._busy or (not pending and not self._closed and self._idle_work is None):
                     cond.wait()
                 if self._closed:
                     return
@@ -221,10 +254,15 @@ class Batcher:
                     take = min(len(pending), self.window)
                     window = [pending.popleft() for _ in range(take)]
                     self._running = window
+                    self._busy = True
                 else:  # requests go first; background work only on an empty queue
                     idle = self._idle_work
+                    self._busy = True
             if idle is not None:
-                self._run_idle(idle)
+                try:
+                    self._run_idle(idle)
+                finally:
+                    self._set_idle()
                 continue
             if len(window) == 1:
                 batches = [window]
@@ -258,6 +296,11 @@ class Batcher:
                 if not self._post(loop, self._deliver, live, out):
                     return
             self._running = []
+            self._set_idle()
+
+    def _set_idle(self) -> None:
+        with self._cond:
+            self._busy = False
 
     @staticmethod
     def _post(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> bool:

@@ -144,16 +144,19 @@ class Engine:
             )
         if m.padding_side not in ("left", "right"):
             raise ArtifactError(f"manifest padding_side {m.padding_side!r} must be left or right")
-        for required in (MODEL_FILE, TOKENIZER_FILE):
+        requested = parse_providers(providers)
+        self.model_file = self._graph_file(requested)
+        for required in (self.model_file, TOKENIZER_FILE):
             if not (self.artifact_dir / required).is_file():
                 raise ArtifactError(f"artifact file {self.artifact_dir / required} is missing")
-        if verify:
-            verify_files(self.artifact_dir, m)
+        if verify:  # only what this process reads: the other graph is not its concern
+            read = {self.model_file, self.model_file + ".data", TOKENIZER_FILE}
+            verify_files(self.artifact_dir, m, only=read)
         self.name = name or m.name
         self.max_length = int(m.max_length)
         self.left_pad = m.padding_side == "left"
         self._load_tokenizers()
-        self._load_session(parse_providers(providers), threads, max_batch_size, spin)
+        self._load_session(requested, threads, max_batch_size, spin)
         self._ranges: dict[tuple[str, int], Ranges | None] = {}
         self.load_seconds = time.perf_counter() - t0
         self.warmup_seconds = 0.0
@@ -200,15 +203,33 @@ class Engine:
                 return int(tid)
         return 0
 
+    def _graph_file(self, requested: list[str]) -> str:
+        """The saved CPU graph when the session runs on the CPU alone, else model.onnx.
+
+        The CPU graph (chosen and optimized at conversion) holds ONNX Runtime's CPU
+        fusions, which CUDA and TensorRT do not all take; those get the portable graph.
+        """
+        import onnxruntime as ort
+
+        cpu_graph = self.manifest.cpu_model
+        selected = choose_providers(requested, ort.get_available_providers()).selected
+        if cpu_graph and selected == [CPU] and (self.artifact_dir / cpu_graph).is_file():
+            return cpu_graph
+        return MODEL_FILE
+
     def _load_session(
         self, requested: list[str], threads: int, max_batch_size: int, spin: bool
     ) -> None:
         import onnxruntime as ort
 
-        model_path = self.artifact_dir / MODEL_FILE
+        model_path = self.artifact_dir / self.model_file
         choice = choose_providers(requested, ort.get_available_providers())
         so = ort.SessionOptions()
-        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # The saved CPU graph already holds the basic and extended optimizations (the
+        # layout level adds nothing to a transformer); the portable graph gets them here.
+        level = ort.GraphOptimizationLevel
+        saved = self.model_file != MODEL_FILE
+        so.graph_optimization_level = level.ORT_ENABLE_EXTENDED if saved else level.ORT_ENABLE_ALL
         so.enable_mem_pattern = True
         so.enable_cpu_mem_arena = True
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
@@ -415,13 +436,27 @@ class Engine:
         norm = self.manifest.normalize if normalize is None else normalize
         return truncate_dims(pooled, dimensions, norm)
 
+    def warmup_shapes(self, max_batch_size: int) -> list[tuple[int, int]]:
+        """(texts, tokens) of the warm-up runs: the corners of what batches can be.
+
+        One text short and at the length limit, a full batch of short texts: the first
+        run of each sizes ONNX Runtime's arena and, on TensorRT, builds or loads the
+        engine for the profile, so no request pays for it.
+        """
+        short = min(8, self.max_length)
+        shapes = [(1, short), (1, self.max_length), (max(1, max_batch_size), short)]
+        return list(dict.fromkeys(shapes))
+
     def warmup(self, batch_size: int = 8) -> float:
-        """Run a few batches so lazy allocations (and TensorRT engines) happen now."""
+        """Run one batch per warm-up shape (see ``warmup_shapes``)."""
         t0 = time.perf_counter()
-        short = "warm up"
-        longer = " ".join(["the quick brown fox jumps over the lazy dog"] * 6)
-        self.run(self.tokenize([short]))
-        self.run(self.tokenize([short, longer] * max(1, batch_size // 2)))
+        filler = " ".join(["the quick brown fox jumps over the lazy dog"] * 64)
+        ids = self.tokenize([filler])[0]  # truncated to max_length, special tokens kept
+        self.warmed_shapes: list[tuple[int, int]] = []
+        for texts, tokens in self.warmup_shapes(batch_size):
+            seq = np.resize(ids, tokens)  # repeats the text's ids when it is shorter
+            out = self.run([seq] * texts)
+            self.warmed_shapes.append((int(out.shape[0]), int(seq.shape[0])))
         self.warmup_seconds = time.perf_counter() - t0
         self.warmed = True
         return self.warmup_seconds
@@ -461,4 +496,5 @@ class Engine:
             "document_prefix": m.document_prefix,
             "parity": None if m.parity is None else vars(m.parity),
             "artifact_dir": str(self.artifact_dir),
+            "graph": self.model_file,
         }

@@ -11,12 +11,13 @@ from akidb_embed.artifact import MODEL_FILE, TOKENIZER_FILE, ArtifactManifest
 from akidb_embed.conversion.parity import load_tokenizer, onnx_embed, ort_session, tokenize
 
 
-def artifact_embed(artifact: Path, texts: Sequence[str]) -> np.ndarray:
-    """Embeddings of ``texts`` (one padded batch) from the artifact, via ORT + numpy."""
+def artifact_embed(artifact: Path, texts: Sequence[str], graph: str = MODEL_FILE) -> np.ndarray:
+    """Embeddings of ``texts`` (one padded batch) from the artifact's ``graph`` (a file
+    name in it), via ORT + numpy."""
     manifest = ArtifactManifest.load(artifact)
     tok = load_tokenizer(artifact / TOKENIZER_FILE, manifest.max_length)
     feeds = tokenize(tok, texts, manifest.inputs)
-    session = ort_session(artifact / MODEL_FILE)
+    session = ort_session(artifact / graph)
     return onnx_embed(session, feeds, manifest.pooling, manifest.normalize)
 
 

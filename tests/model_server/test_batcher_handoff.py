@@ -35,7 +35,10 @@ async def test_results_come_back_in_order_and_batches_coalesce() -> None:
             assert out.dtype == np.float32
             assert out[:, 0].tolist() == [float(s[0]) for s in q]
             assert out[:, 1].tolist() == [float(len(s)) for s in q]
-        assert {name for name, _ in calls} == {"akidb-infer"}  # off the event loop
+        # Batches run off the event loop; only a lone text finding the thread idle runs
+        # inline (on this thread).
+        assert {name for name, n in calls if n > 1} == {"akidb-infer"}
+        assert {name for name, _ in calls} <= {"akidb-infer", threading.current_thread().name}
         assert max(n for _, n in calls) <= 4
         assert len(calls) < 16, "concurrent requests were not coalesced"
         # A lone request still works (no timer, no waiting for company).
@@ -75,7 +78,8 @@ async def test_cancelled_request_is_dropped_and_others_finish() -> None:
         release.wait(5)
         return _echo(seqs)
 
-    b = Batcher(run, max_batch_size=8, max_batch_tokens=1000)
+    # inline=False: a lone first request goes to the thread, as queued ones do.
+    b = Batcher(run, max_batch_size=8, max_batch_tokens=1000, inline=False)
     try:
         first = asyncio.ensure_future(b.submit([_seq(1)]))
         await asyncio.to_thread(started.wait, 5)
@@ -101,7 +105,7 @@ async def test_close_fails_running_and_waiting_requests() -> None:
         release.wait(5)
         return _echo(seqs)
 
-    b = Batcher(run, max_batch_size=1, max_batch_tokens=1000)
+    b = Batcher(run, max_batch_size=1, max_batch_tokens=1000, inline=False)
     running = asyncio.ensure_future(b.submit([_seq(1)]))
     await asyncio.to_thread(started.wait, 5)
     waiting = asyncio.ensure_future(b.submit([_seq(2)]))
@@ -115,3 +119,39 @@ async def test_close_fails_running_and_waiting_requests() -> None:
             await fut
     with pytest.raises(BatcherClosedError):
         await b.submit([_seq(3)])
+
+
+async def test_a_lone_text_runs_inline_only_when_the_thread_is_idle() -> None:
+    names: list[str] = []
+    gate = threading.Event()
+
+    def run(seqs):
+        names.append(threading.current_thread().name)
+        if seqs[0][0] == 1:
+            gate.wait(5)  # hold the inference thread busy
+        return _echo(seqs)
+
+    b = Batcher(run, max_batch_size=4, max_batch_tokens=1000, inline=True)
+    try:
+        assert (await b.submit([_seq(5)])).tolist() == [[5.0, 3.0]]
+        assert names == [threading.current_thread().name]  # idle: inline
+        names.clear()
+        busy = asyncio.ensure_future(b.submit([_seq(1), _seq(2)]))  # two texts: the thread
+        while not names:
+            await asyncio.sleep(0.001)
+        lone = asyncio.ensure_future(b.submit([_seq(9)]))  # the thread is busy: queued
+        await asyncio.sleep(0.02)
+        assert not lone.done()
+        gate.set()
+        assert (await lone).tolist() == [[9.0, 3.0]]
+        await busy
+        assert names == ["akidb-infer", "akidb-infer"]
+    finally:
+        await b.close()
+
+    off = Batcher(_echo, max_batch_size=4, max_batch_tokens=1000, inline=False)
+    try:
+        await off.submit([_seq(3)])
+        assert off._thread is not None and off.batches_run == 1
+    finally:
+        await off.close()

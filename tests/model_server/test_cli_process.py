@@ -35,13 +35,13 @@ def test_missing_artifact_exits_nonzero_with_message(tmp_path: Path) -> None:
 def test_corrupt_artifact_exits_nonzero_with_message(tmp_path: Path, tiny_bert_artifact) -> None:
     art = tmp_path / "art"
     shutil.copytree(tiny_bert_artifact, art)
-    model = art / "model.onnx"
+    model = art / "model.ort-cpu.onnx"  # the graph a CPU server reads
     data = bytearray(model.read_bytes())
     data[len(data) // 2] ^= 0xFF
     model.write_bytes(bytes(data))
     res = run_cli(str(art))
     assert res.returncode == 1
-    assert re.search(r"artifact file .*model\.onnx is corrupt: digest sha256:", res.stderr)
+    assert re.search(r"artifact file .*model\.ort-cpu\.onnx is corrupt: digest sha256:", res.stderr)
 
     (art / "manifest.json").write_text("{ not json")
     res = run_cli(str(art))
