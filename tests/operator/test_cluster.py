@@ -1,15 +1,17 @@
 """The operator on the real local cluster, running as a pod under its own ServiceAccount.
 
 The overlay manifests/overlays/local is rendered with kustomize and applied as is,
-except that the model store and Hugging Face cache point at this session's temporary
-folders (the node is this machine). Models are real: all-MiniLM-L6-v2 is converted by
-a Job from a seeded, offline HF cache; the LRU tests use tiny BERT checkpoints by path.
+except that the node folders (model store, Hugging Face cache, TensorRT caches, source
+root) are this session's, laid out as a real node has them: owned by UID 10001, tiny
+sources under the source root. Models are real: all-MiniLM-L6-v2 is converted by a Job
+from a seeded, offline HF cache; the LRU tests use tiny BERT checkpoints by path.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -18,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from akidb_embed import k8s
+from akidb_embed.devcluster import images
+from tests.operator.local_stack import chown_tree, render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -112,27 +115,6 @@ class Deployed:
         )
 
 
-def render_local_overlay(store: Path, hf_cache: Path, kubectl: Any) -> list[dict[str, Any]]:
-    rendered = kubectl("kustomize", str(ROOT / "manifests" / "overlays" / "local")).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    for doc in docs:
-        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "akidb-operator":
-            env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
-            # Pods run as local processes of the node; PYTHONPATH makes them run this
-            # source tree (not whatever akidb_embed the shared environment installed).
-            overrides = {
-                "AKIDB_MODEL_STORE": str(store),
-                "AKIDB_HF_CACHE": str(hf_cache),
-                "PYTHONPATH": str(ROOT),
-                "AKIDB_POD_ENV": f"PYTHONPATH={ROOT}",
-            }
-            for item in env:
-                if item["name"] in overrides:
-                    item["value"] = overrides.pop(item["name"])
-            env += [{"name": k, "value": v} for k, v in overrides.items()]
-    return docs
-
-
 @pytest.fixture(scope="module")
 def deployed(
     cluster: Any,
@@ -148,11 +130,17 @@ def deployed(
     kubectl("apply", "-f", str(ROOT / "crds"))
     kubectl("wait", "--for=condition=Established", "crd", "--all", "--timeout=60s")
 
-    store = tmp_path_factory.mktemp("model-store")
-    hf_cache = tmp_path_factory.mktemp("hf-cache")
-    seed_hf_cache("sentence-transformers/all-MiniLM-L6-v2", minilm_checkpoint, hf_cache / "hub")
-    docs = render_local_overlay(store, hf_cache, kubectl)
-    cluster.apply("\n---\n".join(yaml.safe_dump(d) for d in docs))
+    # Node folders as a real node has them: written by UID 10001, sources under the root.
+    base = tmp_path_factory.mktemp("node-folders")
+    folders = {k: base / k for k in ("store", "hf", "trt", "sources")}
+    images.prepare_node_folders(folders["store"], folders["hf"], folders["trt"])
+    seed_hf_cache(
+        "sentence-transformers/all-MiniLM-L6-v2", minilm_checkpoint, folders["hf"] / "hub"
+    )
+    chown_tree(folders["hf"])
+    tiny = folders["sources"] / "tiny"
+    shutil.copytree(tiny_bert_checkpoint, tiny)
+    cluster.apply(render_overlay(folders, kubectl))
     cluster.wait_for(
         lambda: any(
             c.get("type") == "Ready" and c.get("status") == "True"
@@ -164,7 +152,7 @@ def deployed(
         90,
         "the operator pod to be ready",
     )
-    handle = Deployed(cluster, store, tiny_bert_checkpoint)
+    handle = Deployed(cluster, folders["store"], tiny)
     # Convert the tiny checkpoint once: the other tiny models share its artifact key, so
     # their Jobs find it and exit at once ("already converted").
     handle.create_tiny("tiny-seed")

@@ -19,10 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from akidb_embed import k8s
 from akidb_embed.devcluster import images as images_mod
+from tests.operator.local_stack import chown_tree, render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -101,27 +101,6 @@ class Stack:
         self.cluster.apply(json.dumps(body))
 
 
-def _chown_tree(path: Path) -> None:
-    subprocess.run(["chown", "-R", f"{images_mod.APP_UID}:{images_mod.APP_UID}", str(path)])
-
-
-def render_overlay(folders: dict[str, Path], kubectl: Any) -> str:
-    rendered = kubectl("kustomize", str(ROOT / "manifests" / "overlays" / "local")).stdout
-    docs = [d for d in yaml.safe_load_all(rendered) if d]
-    overrides = {
-        "AKIDB_MODEL_STORE": str(folders["store"]),
-        "AKIDB_HF_CACHE": str(folders["hf"]),
-        "AKIDB_TRT_CACHE": str(folders["trt"]),
-        "AKIDB_SOURCE_ROOT": str(folders["sources"]),
-    }
-    for doc in docs:
-        if doc["kind"] == "Deployment" and doc["metadata"]["name"] == "akidb-operator":
-            env = doc["spec"]["template"]["spec"]["containers"][0]["env"]
-            env[:] = [e for e in env if e["name"] not in overrides]
-            env += [{"name": k, "value": v} for k, v in overrides.items()]
-    return "\n---\n".join(yaml.safe_dump(d) for d in docs)
-
-
 @pytest.fixture(scope="module")
 def stack(
     cluster: Any,
@@ -144,7 +123,7 @@ def stack(
     seed_hf_cache(
         "sentence-transformers/all-MiniLM-L6-v2", minilm_checkpoint, folders["hf"] / "hub"
     )
-    _chown_tree(folders["hf"])
+    chown_tree(folders["hf"])
     shutil.copytree(tiny_bert_checkpoint, folders["sources"] / "tiny")  # root-owned, 0755
 
     cluster.apply(render_overlay(folders, kubectl))
