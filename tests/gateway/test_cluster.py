@@ -4,7 +4,7 @@
 operator (it starts the model pod when it sees `status.requestedAt`), so the gateway's
 watches, status merge patches and cold-start hold are exercised for real: a real
 gateway process (`akidb-embed gateway`), a real API server, a real model-server pod run
-by the local node agent.
+by the node's kubelet in the server image built from this tree.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from akidb_embed.devcluster.images import local_ref
 from akidb_embed.k8s import LABEL_MODEL, LABEL_NAME, LABEL_PART_OF, MODEL_SERVER_APP, PART_OF
 from tests.gateway.test_real_servers import free_port
 
@@ -46,7 +47,8 @@ def em_manifest(name: str, namespace: str, artifact: Path, dimension: int) -> st
     )
 
 
-def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path) -> str:
+def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path, image: str) -> str:
+    """A model-server pod in the server image built here; the artifact is a hostPath."""
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -65,7 +67,11 @@ def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path) ->
                 "containers": [
                     {
                         "name": "server",
-                        "image": "unused",
+                        "image": image,
+                        "imagePullPolicy": "Never",
+                        "volumeMounts": [
+                            {"name": "artifact", "mountPath": str(artifact), "readOnly": True}
+                        ],
                         "command": [
                             "akidb-embed",
                             "serve",
@@ -90,6 +96,9 @@ def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path) ->
                             "periodSeconds": 10,  # slow on purpose: the gateway's probe wins
                         },
                     }
+                ],
+                "volumes": [
+                    {"name": "artifact", "hostPath": {"path": str(artifact), "type": "Directory"}}
                 ],
             },
         }
@@ -197,7 +206,10 @@ async def test_discovery_and_demand_on_a_real_api_server(
         assert not any(t.done() for t in held)
 
         # Play the operator: start the model pod.
-        cluster.apply(model_pod_manifest("tiny-bert-0", ns, "tiny-bert", tiny_bert_artifact))
+        server_image = local_ref(cluster.images.server)
+        cluster.apply(
+            model_pod_manifest("tiny-bert-0", ns, "tiny-bert", tiny_bert_artifact, server_image)
+        )
         responses = await asyncio.wait_for(asyncio.gather(*held), 120)
         for resp in responses:
             assert resp.status == 200, await resp.text()

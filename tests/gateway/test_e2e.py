@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -22,7 +23,9 @@ import openai
 import pytest
 
 from akidb_embed import k8s
+from akidb_embed.devcluster import images
 from akidb_embed.k8s import LABEL_MODEL, MODEL_SERVER_SELECTOR
+from tests.operator.local_stack import render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -72,22 +75,38 @@ def em(name: str, artifact: Path, dimension: int, family: str) -> dict[str, Any]
 
 @pytest.fixture(scope="module")
 def stack(
-    cluster: Any, minilm_checkpoint: Path, tiny_bert_checkpoint: Path, tiny_qwen3_checkpoint: Path
+    cluster: Any,
+    tmp_path_factory: pytest.TempPathFactory,
+    minilm_checkpoint: Path,
+    tiny_bert_checkpoint: Path,
+    tiny_qwen3_checkpoint: Path,
 ) -> Iterator[Stack]:
     cluster.kubectl("apply", "-f", str(REPO / "crds"))
     cluster.wait_for(
         lambda: cluster.kubectl("get", "em", "-A", check=False).returncode == 0, 30, "CRD"
     )
-    cluster.kubectl("apply", "-k", str(REPO / "manifests" / "overlays" / "local"), timeout=120)
+    # This session's node folders (written by UID 10001); checkpoints under the source root.
+    base = tmp_path_factory.mktemp("e2e-node-folders")
+    folders = {k: base / k for k in ("store", "hf", "trt", "sources")}
+    images.prepare_node_folders(folders["store"], folders["hf"], folders["trt"])
+    sources = {}
+    for name, checkpoint in (
+        ("minilm", minilm_checkpoint),
+        ("tiny-bert", tiny_bert_checkpoint),
+        ("tiny-qwen3", tiny_qwen3_checkpoint),
+    ):
+        sources[name] = folders["sources"] / name
+        shutil.copytree(checkpoint, sources[name])
+    cluster.apply(render_overlay(folders, cluster.kubectl))
     svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
     assert svc["spec"].get("type") == "NodePort", "the local overlay exposes the gateway"
     node_port = svc["spec"]["ports"][0]["nodePort"]
     models = {
-        "e2e-minilm": (minilm_checkpoint, 384, "sentence-transformers"),
-        "e2e-bert-a": (tiny_bert_checkpoint, 32, "bge"),
-        "e2e-bert-b": (tiny_bert_checkpoint, 32, "bge"),
-        "e2e-qwen": (tiny_qwen3_checkpoint, 64, "qwen3-embedding"),
-        "e2e-bert-c": (tiny_bert_checkpoint, 32, "bge"),
+        "e2e-minilm": (sources["minilm"], 384, "sentence-transformers"),
+        "e2e-bert-a": (sources["tiny-bert"], 32, "bge"),
+        "e2e-bert-b": (sources["tiny-bert"], 32, "bge"),
+        "e2e-qwen": (sources["tiny-qwen3"], 64, "qwen3-embedding"),
+        "e2e-bert-c": (sources["tiny-bert"], 32, "bge"),
     }
     # start from scratch (a reused cluster may hold them from an earlier run)
     cluster.kubectl(
