@@ -63,9 +63,21 @@ demo: venv node-packages kube-binaries
 	$(BIN)/akidb-embed demo
 
 # Benchmarks print their numbers and write bench/results/*.json; the report turns
-# those into docs/MODEL-PERFORMANCE.md.
+# those into docs/MODEL-PERFORMANCE.md. Each ratio is measured in one run against a
+# baseline measured in the same rounds: the code of BENCH_BASELINE (default: the last
+# commit before the performance work), extracted with git archive. wrk is the external
+# load generator (Debian package wrk).
+BENCH_BASELINE ?= 1196e5f
+BENCH_BASE_DIR := $(CURDIR)/.bench-baseline/$(BENCH_BASELINE)
+
 bench: venv node-packages kube-binaries
-	$(BIN)/python -m bench.model_server
+	command -v wrk >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends wrk
+	test -d $(BENCH_BASE_DIR) || { mkdir -p $(BENCH_BASE_DIR) && git archive $(BENCH_BASELINE) | tar -x -C $(BENCH_BASE_DIR); }
+	$(BIN)/python -m bench.model_server --baseline-pythonpath $(BENCH_BASE_DIR)
+	$(BIN)/python -m bench.cold_start --baseline-pythonpath $(BENCH_BASE_DIR)
+	$(BIN)/python -m bench.http_floor
+	$(BIN)/python -m bench.gateway_hotpath --before $(BENCH_BASE_DIR)
+	$(BIN)/python -m bench.models --wrk
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.operator_decisions --cluster
 	$(BIN)/python -m bench.report
