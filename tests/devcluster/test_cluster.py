@@ -111,7 +111,12 @@ def test_node_registers_ready_with_its_labels_and_own_credential(cluster: TestCl
     info = node_obj["status"]["nodeInfo"]
     assert info["kubeletVersion"] == KUBE_VERSION
     assert info["containerRuntimeVersion"] == f"containerd://{build.CONTAINERD_VERSION[1:]}"
-    lease = cluster.get_json("lease", cluster.node_name, "-n", "kube-node-lease")
+    # The kubelet creates its Lease shortly after registering.
+    lease = cluster.wait_for(
+        lambda: cluster.get_json("lease", cluster.node_name, "-n", "kube-node-lease"),
+        30,
+        "the node's Lease",
+    )
     assert lease["spec"]["holderIdentity"] == cluster.node_name
 
     # The kubelet's own credential: a node identity, held to its node by the Node
