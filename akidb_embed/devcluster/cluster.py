@@ -574,7 +574,8 @@ class DevCluster:
         self._start("kube-router", cfg, progress)
         self._wait("kube-router's firewall", "kube-router", node.firewall_ready, 60)
         # What a Jetson's device plugin would advertise (admin-patched, kept by the kubelet).
-        capacity = json.dumps({"status": {"capacity": node.NODE_EXTENDED_RESOURCES}})
+        extended = node.NODE_EXTENDED_RESOURCES
+        capacity = json.dumps({"status": {"capacity": extended, "allocatable": extended}})
         self._kubectl(
             "patch", "node", cfg.node_name, "--subresource=status", "--type=merge", "-p", capacity
         )

@@ -274,12 +274,13 @@ def guard_drops() -> int:
 
 # -- cgroups --------------------------------------------------------------------------------
 def _cgroup_hierarchies() -> list[Path]:
-    """The machine's cgroup v1 hierarchies (one folder per mounted controller set)."""
+    """The machine's cgroup hierarchies (one folder per mounted controller set)."""
     found = []
     with contextlib.suppress(OSError):
         for line in Path("/proc/self/mounts").read_text().splitlines():
             fields = line.split()
-            if len(fields) > 2 and fields[2] == "cgroup":
+            # v1 controllers, and the v2 "unified" tree of a hybrid machine (runc uses it).
+            if len(fields) > 2 and fields[2] in ("cgroup", "cgroup2"):
                 found.append(Path(fields[1]))
     return found
 

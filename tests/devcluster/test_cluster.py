@@ -110,8 +110,13 @@ def test_node_registers_ready_with_its_labels_and_own_credential(cluster: TestCl
     assert addresses["InternalIP"] == cluster.node_ip == node.NODE_IP
     info = node_obj["status"]["nodeInfo"]
     assert info["kubeletVersion"] == KUBE_VERSION
-    assert info["containerRuntimeVersion"] == f"containerd://{build.CONTAINERD_VERSION}"
-    lease = cluster.get_json("lease", cluster.node_name, "-n", "kube-node-lease")
+    assert info["containerRuntimeVersion"] == f"containerd://{build.CONTAINERD_VERSION[1:]}"
+    # The kubelet creates its Lease shortly after registering.
+    lease = cluster.wait_for(
+        lambda: cluster.get_json("lease", cluster.node_name, "-n", "kube-node-lease"),
+        30,
+        "the node's Lease",
+    )
     assert lease["spec"]["holderIdentity"] == cluster.node_name
 
     # The kubelet's own credential: a node identity, held to its node by the Node
@@ -369,10 +374,12 @@ def test_down_leaves_nothing_and_up_brings_it_back(cluster: TestCluster) -> None
     started = time.monotonic()
     cluster.dev.down(progress=lambda m: None)
     down_s = time.monotonic() - started
-    assert _leftovers(cluster.state_dir) == []
-    started = time.monotonic()
-    cluster.dev.up(progress=lambda m: None)
-    up_s = time.monotonic() - started
+    try:
+        assert _leftovers(cluster.state_dir) == []
+    finally:  # later tests (and other modules) need the cluster back
+        started = time.monotonic()
+        cluster.dev.up(progress=lambda m: None)
+        up_s = time.monotonic() - started
     print(f"\ndown {down_s:.1f}s, up after down {up_s:.1f}s")
     # The pod object survived in etcd; the kubelet runs it again in a new sandbox.
     _running_pod(cluster, ns, "survivor", timeout=120)
