@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 PYTEST_ARGS ?=
 
-.PHONY: venv node-packages kube-binaries test test-fast lint typecheck demo bench clean
+.PHONY: venv node-packages kube-binaries images test test-fast lint typecheck demo bench clean
 
 # Debian packages the local cluster's node needs (runc, CNI plugins, iptables, ipset for
 # kube-router, gcc for the pause image, busybox for the test image, buildah/debootstrap
@@ -44,6 +44,12 @@ node-packages:
 kube-binaries: venv
 	$(BIN)/akidb-embed cluster build
 
+# The operator, model-server and converter images (buildah, offline from a wheelhouse;
+# cached by content, so an unchanged tree takes seconds). Built before pytest so that no
+# test's timeout has to cover the first, long build (docs/IMAGES.md).
+images: venv node-packages
+	$(BIN)/akidb-embed cluster images
+
 lint: venv
 	$(BIN)/ruff check akidb_embed tests bench
 	$(BIN)/ruff format --check akidb_embed tests bench
@@ -52,14 +58,14 @@ typecheck: venv
 	$(BIN)/mypy
 
 # The whole suite, cluster tests included (pytest exit 5, "no tests", is not a failure).
-test: venv node-packages kube-binaries lint typecheck
+test: venv node-packages kube-binaries lint typecheck images
 	$(BIN)/pytest $(PYTEST_ARGS); rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; rc=0; fi; exit $$rc
 
 # Without the slow local-cluster tests.
 test-fast: venv
 	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
-demo: venv node-packages kube-binaries
+demo: venv node-packages kube-binaries images
 	$(BIN)/akidb-embed demo
 
 # Benchmarks print their numbers and write bench/results/*.json; the report turns
