@@ -258,7 +258,7 @@ COLD_PARTS = (
     ("operator_reaction", "requestedAt -> Deployment replicas 1"),
     ("pod_creation", "replicas 1 -> Pod created (Deployment + ReplicaSet controllers)"),
     ("scheduling", "Pod created -> bound to the node"),
-    ("process_start", "bound -> container running (node agent)"),
+    ("process_start", "bound -> container running (kubelet, containerd)"),
     ("server_startup", "container running -> model server up (Python imports)"),
     ("load_warmup", "server up -> model loaded and warmed (/info load_s + warmup_s)"),
     ("first_inference", "server warm -> response (gateway probe + forward + inference)"),

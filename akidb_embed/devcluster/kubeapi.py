@@ -1,7 +1,7 @@
 """A small asyncio client of the Kubernetes REST API (aiohttp, dicts in and out).
 
-The node agent only needs a handful of calls plus list+watch, and works on plain JSON
-objects (it merges status the way the kubelet does), so raw REST keeps it simple.
+The gateway benchmark (bench/gateway.py) needs a handful of calls plus list+watch on
+plain JSON objects; raw REST keeps it small.
 """
 
 from __future__ import annotations

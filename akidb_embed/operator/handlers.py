@@ -703,8 +703,8 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
 
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
-        # A pod's ServiceAccount, else the kubeconfig (KUBECONFIG; the local node agent
-        # gives each pod one for its ServiceAccount).
+        # In a pod, its ServiceAccount (in-cluster config); outside one (a developer
+        # running the operator by hand), the kubeconfig in KUBECONFIG.
         return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="configure", registry=registry)

@@ -48,7 +48,9 @@ def em_manifest(name: str, namespace: str, artifact: Path, dimension: int) -> st
 
 
 def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path, image: str) -> str:
-    """A model-server pod in the server image built here; the artifact is a hostPath."""
+    """A model-server pod in the server image built here; the artifact is a hostPath,
+    mounted at a fixed path (the host path may lie below folders the image's user cannot
+    enter, such as /root)."""
     return json.dumps(
         {
             "apiVersion": "v1",
@@ -70,12 +72,12 @@ def model_pod_manifest(name: str, namespace: str, model: str, artifact: Path, im
                         "image": image,
                         "imagePullPolicy": "Never",
                         "volumeMounts": [
-                            {"name": "artifact", "mountPath": str(artifact), "readOnly": True}
+                            {"name": "artifact", "mountPath": "/artifact", "readOnly": True}
                         ],
                         "command": [
                             "akidb-embed",
                             "serve",
-                            str(artifact),
+                            "/artifact",
                             "--host",
                             "$(POD_IP)",
                             "--port",
@@ -320,11 +322,11 @@ class PausableProxy:
 
 
 def _kubeconfig_via(cluster: Any, tmp_path: Path, port: int) -> Path:
-    """A copy of the cluster's kubeconfig whose server is 127.0.0.1:`port` (same TLS
-    names: the API server's certificate is for 127.0.0.1)."""
+    """A copy of the cluster's kubeconfig whose server is 127.0.0.1:`port` (the API
+    server's certificate names 127.0.0.1 too, beside its own address)."""
     text = cluster.kubeconfig.read_text()
-    server = cluster.server  # https://127.0.0.1:<port>
-    assert server.startswith("https://127.0.0.1:"), server
+    server = cluster.server  # https://10.244.255.1:<port>
+    assert server in text, server
     path = tmp_path / "kubeconfig-proxied"
     path.write_text(text.replace(server, f"https://127.0.0.1:{port}"))
     return path
