@@ -70,6 +70,7 @@ def _load_images(cluster: DevCluster) -> None:
     built = images.ensure_images(progress=_say)
     containerd = str(cluster.node_paths.containerd_socket)
     images.import_images(built, node.ctr_binary(), containerd, progress=_say)
+    node.make_visible_to_cri(cluster.node_paths, images.node_refs(built))
     defaults = OperatorConfig()
     images.prepare_node_folders(defaults.model_store, HF_HOME, defaults.trt_cache)
 

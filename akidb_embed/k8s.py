@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 
 GROUP = "akidb.io"
 VERSION = "v1alpha1"
@@ -46,3 +47,14 @@ def parse_time(value: str | None) -> float | None:
         return dt.datetime.fromisoformat(value.replace("Z", "+00:00")).timestamp()
     except ValueError:
         return None
+
+
+def in_cluster_server() -> str | None:
+    """The API server as a pod reaches it without DNS: the `kubernetes` Service's address
+    the kubelet puts in every pod's environment (what client libraries' in-cluster
+    config uses). None outside a pod."""
+    host = os.environ.get("KUBERNETES_SERVICE_HOST")
+    if not host:
+        return None
+    port = os.environ.get("KUBERNETES_SERVICE_PORT", "443")
+    return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"

@@ -489,6 +489,11 @@ def import_images(
     return todo
 
 
+def node_refs(images: ImageSet) -> list[str]:
+    """Every name a node holds for these images (content-hash tags and `:local` ones)."""
+    return [name for ref in images.refs().values() for name in (ref, local_ref(ref))]
+
+
 def prepare_node_folders(*paths: str | Path, uid: int = APP_UID) -> None:
     """The node preparation the pods need: folders they write (model store, Hugging Face
     cache, TensorRT caches) exist and belong to the images' user (hostPath volumes keep

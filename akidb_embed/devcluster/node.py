@@ -661,6 +661,40 @@ def import_local_images(paths: NodePaths) -> None:
         build_toolbox_archive(paths.images_dir / f"toolbox-{toolbox_key()}.oci.tar"),
     ):
         ctr(paths, "images", "import", str(archive))
+    make_visible_to_cri(paths, [PAUSE_IMAGE, TOOLBOX_IMAGE])
+
+
+def cri_image_refs(paths: NodePaths) -> set[str]:
+    """The image names containerd's CRI plugin (what the kubelet asks) knows."""
+    proc = crictl(paths, "images", "-o", "json", check=False)
+    if proc.returncode != 0:
+        return set()
+    return {
+        tag
+        for image in json.loads(proc.stdout).get("images", [])
+        for tag in image.get("repoTags") or []
+    }
+
+
+def make_visible_to_cri(paths: NodePaths, refs: list[str], timeout_s: float = 60) -> None:
+    """Wait until the CRI lists every ref, re-labelling the ones it lacks.
+
+    The CRI plugin learns of `ctr` imports from containerd's events, and an event sent
+    while the plugin is still starting is lost: the kubelet then reports ErrImageNeverPull
+    for an image `ctr` lists. A label update is a new event for that name."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        missing = sorted(set(refs) - cri_image_refs(paths))
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise NodeError(
+                f"containerd's CRI does not list {', '.join(missing)} "
+                f"{timeout_s:.0f}s after the import (see the containerd log)"
+            )
+        for ref in missing:
+            ctr(paths, "images", "label", ref, f"akidb.io/cri-sync={time.time_ns()}", check=False)
+        time.sleep(1)
 
 
 # -- cleanup --------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import time
@@ -704,8 +705,12 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     @kopf.on.login(id="login", registry=registry)
     def login(**kwargs: Any) -> kopf.ConnectionInfo | None:
         # In a pod, its ServiceAccount (in-cluster config); outside one (a developer
-        # running the operator by hand), the kubeconfig in KUBECONFIG.
-        return kopf.login_with_service_account(**kwargs) or kopf.login_with_kubeconfig(**kwargs)
+        # running the operator by hand), the kubeconfig in KUBECONFIG. kopf's own
+        # in-cluster login dials kubernetes.default.svc, which needs cluster DNS.
+        info = kopf.login_with_service_account(**kwargs)
+        if info is not None:
+            return dataclasses.replace(info, server=k8s.in_cluster_server() or info.server)
+        return kopf.login_with_kubeconfig(**kwargs)
 
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
