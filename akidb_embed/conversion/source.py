@@ -82,6 +82,13 @@ def check_checkpoint_dir(path: Path) -> None:
         raise SourceError(
             f"source {path} has no tokenizer (one of {', '.join(tokenizer_files)} is needed)"
         )
+    # transformers reports an unreadable weights file as missing; say what it is.
+    unreadable = sorted(p.name for p in path.iterdir() if p.is_file() and not os.access(p, os.R_OK))
+    if unreadable:
+        raise SourceError(
+            f"source {path}: {', '.join(unreadable)} not readable by UID {os.getuid()} "
+            "(the converter's user): make the checkpoint world-readable (chmod -R a+rX)"
+        )
 
 
 def resolve_source(

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,7 +24,7 @@ import pytest
 from akidb_embed import k8s
 from akidb_embed.devcluster import images
 from akidb_embed.k8s import LABEL_MODEL, MODEL_SERVER_SELECTOR
-from tests.operator.local_stack import render_overlay
+from tests.operator.local_stack import copy_source, render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -96,7 +95,7 @@ def stack(
         ("tiny-qwen3", tiny_qwen3_checkpoint),
     ):
         sources[name] = folders["sources"] / name
-        shutil.copytree(checkpoint, sources[name])
+        copy_source(checkpoint, sources[name])
     cluster.apply(render_overlay(folders, cluster.kubectl))
     svc = cluster.get_json("svc", "akidb-gateway", "-n", NS)
     assert svc["spec"].get("type") == "NodePort", "the local overlay exposes the gateway"

@@ -4,6 +4,7 @@ node's /var/lib/akidb ones."""
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ ROOT = Path(__file__).resolve().parents[2]
 def chown_tree(path: Path) -> None:
     """Hand a folder the pods read and lock files in to the images' user (UID 10001)."""
     subprocess.run(["chown", "-R", f"{images.APP_UID}:{images.APP_UID}", str(path)], check=True)
+
+
+def copy_source(checkpoint: Path, dest: Path) -> Path:
+    """A checkpoint into the source root as an admin prepares it: readable by the
+    converter (UID 10001). save_pretrained may leave the weights 0600."""
+    shutil.copytree(checkpoint, dest)
+    subprocess.run(["chmod", "-R", "a+rX", str(dest)], check=True)
+    return dest
 
 
 def render_overlay(folders: dict[str, Path], kubectl: Any) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import random
-import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -23,7 +22,7 @@ import pytest
 
 from akidb_embed import k8s
 from akidb_embed.devcluster import images
-from tests.operator.local_stack import chown_tree, render_overlay
+from tests.operator.local_stack import chown_tree, copy_source, render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -139,7 +138,7 @@ def deployed(
     )
     chown_tree(folders["hf"])
     tiny = folders["sources"] / "tiny"
-    shutil.copytree(tiny_bert_checkpoint, tiny)
+    copy_source(tiny_bert_checkpoint, tiny)
     cluster.apply(render_overlay(folders, kubectl))
     cluster.wait_for(
         lambda: any(

@@ -10,7 +10,6 @@ check below is made by the kubelet, runc and the kernel, not by this project.
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -22,7 +21,7 @@ import pytest
 
 from akidb_embed import k8s
 from akidb_embed.devcluster import images as images_mod
-from tests.operator.local_stack import chown_tree, render_overlay
+from tests.operator.local_stack import chown_tree, copy_source, render_overlay
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
@@ -124,7 +123,7 @@ def stack(
         "sentence-transformers/all-MiniLM-L6-v2", minilm_checkpoint, folders["hf"] / "hub"
     )
     chown_tree(folders["hf"])
-    shutil.copytree(tiny_bert_checkpoint, folders["sources"] / "tiny")  # root-owned, 0755
+    copy_source(tiny_bert_checkpoint, folders["sources"] / "tiny")  # root-owned, a+r
 
     cluster.apply(render_overlay(folders, kubectl))
     handle = Stack(cluster, cluster.images, folders)
