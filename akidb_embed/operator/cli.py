@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from collections.abc import Awaitable, Callable
 from typing import Any, cast
 
 from akidb_embed.operator.config import add_arguments, from_args
@@ -47,6 +48,33 @@ def _identity() -> str:
         f"{os.environ.get('USER', 'akidb')}@{socket.gethostname()}/{os.getpid()}/"
         f"{uuid.uuid4().hex[:8]}"
     )
+
+
+async def _standby_liveness(endpoint: str | None) -> Callable[[], Awaitable[None]]:
+    """Answer the liveness probe while waiting for the Lease: kopf serves the endpoint
+    only once it runs, and a standby replica the kubelet kills for silence never takes
+    over. Returns the function that frees the address for kopf."""
+    from urllib.parse import urlsplit
+
+    from aiohttp import web
+
+    if not endpoint:
+        return _nothing
+    url = urlsplit(endpoint)
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"standby": True})
+
+    app = web.Application()
+    app.router.add_get(url.path or "/", healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, url.hostname or "0.0.0.0", url.port or 80).start()
+    return runner.cleanup
+
+
+async def _nothing() -> None:
+    return None
 
 
 async def _operate(config: Any) -> int:
@@ -96,7 +124,11 @@ async def _operate(config: Any) -> int:
     if not config.standalone:
         # Before holding it, a signal just ends the process (the default handlers).
         log.info("%s waiting for the leader lease %s", identity, config.lease)
-        await elector.acquire()
+        standby = await _standby_liveness(config.liveness)
+        try:
+            await elector.acquire()
+        finally:
+            await standby()
         keeper = asyncio.create_task(elector.keep(on_lost))
     operator = Operator(config, identity=identity)
     operator.connect(api, None if config.standalone else elector.is_leader)

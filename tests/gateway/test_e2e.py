@@ -45,6 +45,21 @@ class Stack:
     def model_pods(self, model: str) -> list[dict[str, Any]]:
         return self.pods(f"{LABEL_MODEL}={model}")
 
+    def post_from_gateway_pod(self, url: str, body: dict[str, Any]) -> Any:
+        """POST from inside a gateway pod (kubectl exec): what the gateway itself sees."""
+        gateway = next(p for p in self.pods(GATEWAY_SELECTOR) if is_ready(p))
+        script = (
+            "import sys, urllib.request; r = urllib.request.urlopen(urllib.request.Request("
+            "sys.argv[1], data=sys.stdin.buffer.read(), "
+            "headers={'Content-Type': 'application/json'}), timeout=60); "
+            "sys.stdout.write(r.read().decode())"
+        )
+        out = self.cluster.kubectl(
+            "exec", "-i", "-n", NS, gateway["metadata"]["name"], "--",
+            "python3", "-c", script, url, input=json.dumps(body),
+        )  # fmt: skip
+        return json.loads(out.stdout)
+
     def events(self, model: str, reason: str) -> int:
         items = self.cluster.get_json(
             "events",
@@ -176,10 +191,12 @@ async def test_minilm_through_the_gateway_matches_the_model_server(stack: Stack)
             for port in c.get("ports", [])
             if port.get("name") == "http"
         )
-        async with http.post(
-            f"http://{pod['status']['podIP']}:{port}/embed", json={"texts": texts}
-        ) as r:
-            direct = await r.json()
+        # The NetworkPolicy lets only gateway pods reach a model server: ask from one.
+        direct = await asyncio.to_thread(
+            stack.post_from_gateway_pod,
+            f"http://{pod['status']['podIP']}:{port}/embed",
+            {"texts": texts},
+        )
     assert via["model"] == "e2e-minilm" and via["dimension"] == 384
     np.testing.assert_allclose(via["embeddings"], direct["embeddings"], atol=1e-5)
     oai = openai.AsyncOpenAI(base_url=stack.url + "/v1", api_key="unused", max_retries=0)

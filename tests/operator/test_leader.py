@@ -131,3 +131,25 @@ async def test_a_leader_that_cannot_renew_stops_before_its_lease_expires() -> No
     await asyncio.wait_for(keeper, 2.0)
     assert lost and not a.is_leader()
     assert lost[0] - started < 0.8  # before the lease (0.8 s) could pass to someone else
+
+
+async def test_a_standby_answers_the_liveness_probe_until_it_hands_the_port_over() -> None:
+    import socket
+
+    import aiohttp
+
+    from akidb_embed.operator.cli import _standby_liveness
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    stop = await _standby_liveness(f"http://127.0.0.1:{port}/healthz")
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/healthz") as r,
+    ):
+        assert r.status == 200 and (await r.json()) == {"standby": True}
+    await stop()
+    with socket.socket() as s:  # free for kopf's own liveness server
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
