@@ -17,6 +17,11 @@ if TYPE_CHECKING:
 # bug (e.g. last-token pooling reading a pad position) changes the figures.
 PARITY_TEXTS: tuple[str, ...] = (
     "hello",
+    # One- and two-token inputs (common queries) are where dynamic int8 drifts most: a
+    # scheme that passed every longer text scored 0.988 on "hi".
+    "hi",
+    "x",
+    "ok",
     "The quick brown fox jumps over the lazy dog.",
     "What is the capital of France?",
     "Paris is the capital and most populous city of France, with an estimated "
