@@ -23,6 +23,7 @@ import asyncio
 import json
 import os
 import random
+import re
 import signal
 import statistics
 import threading
@@ -113,6 +114,7 @@ class Traffic:
         weights = [1 / (i + 1) ** 1.1 for i in range(len(MODELS))]
         self.weights = weights
         self.codes: Counter[str] = Counter()
+        self.reasons: Counter[str] = Counter()  # non-200 answers: status, error type, message
         self.latencies: list[float] = []
         self.late: list[tuple[str, float]] = []
         self.errors: list[str] = []
@@ -126,7 +128,7 @@ class Traffic:
         started = time.monotonic()
         try:
             async with http.post(f"{self.url}/api/v1/embed", json=body) as r:
-                await r.read()
+                data = await r.read()
                 status = r.status
         except (TimeoutError, aiohttp.ClientError) as exc:
             self.errors.append(f"{model}: {type(exc).__name__}: {exc}")
@@ -135,6 +137,8 @@ class Traffic:
         took = time.monotonic() - started
         self.latencies.append(took)
         self.codes[str(status)] += 1
+        if status != 200:
+            self.reasons[f"{status} {_reason(data)}"] += 1
         if took > DEADLINE:
             self.late.append((model, took))
         return status
@@ -168,6 +172,16 @@ class Traffic:
             task.add_done_callback(tasks.discard)
             self.max_in_flight = max(self.max_in_flight, len(tasks))
         await asyncio.gather(*list(tasks))
+
+
+def _reason(data: bytes) -> str:
+    """An error body's code and message, model names and numbers folded (to count kinds)."""
+    try:
+        error = json.loads(data)["error"]
+        text = f"{error.get('type', '')}: {error.get('message', '')}"
+    except (ValueError, KeyError, TypeError, AttributeError):
+        text = data[:120].decode(errors="replace")
+    return re.sub(r"\d+(\.\d+)?", "N", text.replace("soak-", "model-"))[:160]
 
 
 def _delete(stack: Deployed, pod: str, force: bool) -> None:
@@ -352,6 +366,7 @@ def test_chaos_soak(deployed: Deployed) -> None:  # noqa: F811 (the fixture)
         "max_in_flight": traffic.max_in_flight,
         "generator_waits": traffic.generator_waits,
         "codes": dict(traffic.codes),
+        "error_kinds": dict(traffic.reasons.most_common(8)),
         "latency_s": {
             "p50": round(statistics.median(traffic.latencies), 3) if traffic.latencies else None,
             "p95": round(_percentile(traffic.latencies, 0.95), 3),
