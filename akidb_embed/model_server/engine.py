@@ -120,6 +120,12 @@ class Batch:
         return int(self.input_ids.size)
 
 
+# On the CPU the long warm-up run only sizes the arena, and at a large model's full length
+# it takes minutes on a few cores (Qwen3-Embedding-0.6B at 8192 tokens: over 270 s on two),
+# so the pod would not turn Ready within the gateway's cold-start timeout.
+CPU_WARMUP_MAX_TOKENS = 512
+
+
 class Engine:
     """Loads an artifact directory and turns token ids into pooled embeddings."""
 
@@ -441,10 +447,14 @@ class Engine:
 
         One text short and at the length limit, a full batch of short texts: the first
         run of each sizes ONNX Runtime's arena and, on TensorRT, builds or loads the
-        engine for the profile, so no request pays for it.
+        engine for the profile, so no request pays for it. On the CPU the long corner
+        stops at CPU_WARMUP_MAX_TOKENS.
         """
         short = min(8, self.max_length)
-        shapes = [(1, short), (1, self.max_length), (max(1, max_batch_size), short)]
+        longest = self.max_length
+        if self.providers[:1] == ["CPUExecutionProvider"]:
+            longest = min(longest, CPU_WARMUP_MAX_TOKENS)
+        shapes = [(1, short), (1, longest), (max(1, max_batch_size), short)]
         return list(dict.fromkeys(shapes))
 
     def warmup(self, batch_size: int = 8) -> float:

@@ -12,7 +12,7 @@ import pytest
 
 from akidb_embed.artifact import MANIFEST_FILE, MODEL_FILE, ArtifactError
 from akidb_embed.conversion.graphs import CPU_MODEL_FILE
-from akidb_embed.model_server.engine import Engine
+from akidb_embed.model_server.engine import CPU_WARMUP_MAX_TOKENS, Engine
 from akidb_embed.model_server.runner import ServerProcess, http_get
 
 pytestmark = pytest.mark.slow
@@ -62,6 +62,15 @@ def test_warmup_runs_every_shape_corner(tiny_bert_artifact: Path):
     assert engine.warmed
     assert engine.warmed_shapes == engine.warmup_shapes(16)
     assert {(1, engine.max_length), (16, 8), (1, 8)} == set(engine.warmed_shapes)
+
+
+def test_cpu_warmup_stops_at_a_bounded_length(tiny_bert_artifact: Path):
+    engine = Engine(tiny_bert_artifact, providers="CPU")
+    engine.max_length = 8192  # a Qwen3-sized limit: its full-length run takes minutes on a CPU
+    assert (1, CPU_WARMUP_MAX_TOKENS) in engine.warmup_shapes(16)
+    assert max(tokens for _, tokens in engine.warmup_shapes(16)) == CPU_WARMUP_MAX_TOKENS
+    engine.providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert (1, 8192) in engine.warmup_shapes(16)  # a GPU warms (and builds) the whole profile
 
 
 def test_serve_imports_no_torch_conversion_or_operator(tiny_bert_artifact: Path):
