@@ -150,10 +150,16 @@ class Traffic:
         tasks: set[asyncio.Task[int | None]] = set()
         next_at = time.monotonic()
 
+        in_flight = 0
+
         async def request(model: str) -> int | None:
+            nonlocal in_flight
+            in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, in_flight)
             try:
                 return await self.one(http, model)
             finally:
+                in_flight -= 1
                 open_slots.release()
 
         while not faults_done.is_set() or (
@@ -170,12 +176,11 @@ class Traffic:
             task = asyncio.create_task(request(model))
             tasks.add(task)
             task.add_done_callback(tasks.discard)
-            self.max_in_flight = max(self.max_in_flight, len(tasks))
         await asyncio.gather(*list(tasks))
 
 
 def _reason(data: bytes) -> str:
-    """An error body's code and message, model names and numbers folded (to count kinds)."""
+    """An error body's type and message, model names and numbers folded (to count kinds)."""
     try:
         error = json.loads(data)["error"]
         text = f"{error.get('type', '')}: {error.get('message', '')}"
