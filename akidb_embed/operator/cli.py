@@ -90,7 +90,8 @@ async def _operate(config: Any) -> int:
     from kubernetes_asyncio import client
     from kubernetes_asyncio import config as kube_config
 
-    from akidb_embed.operator.handlers import Operator, register
+    from akidb_embed.operator.controller import Operator
+    from akidb_embed.operator.handlers import register
     from akidb_embed.operator.leader import LeaderElector
     from akidb_embed.operator.writer import Timeouts, Writer
 

@@ -1,0 +1,329 @@
+"""The operator's decision loop: one placement decision at a time, applied to the API server.
+
+- kopf indexes keep the EmbeddingModels, the model-server pods (Terminating ones
+  included) and the model Deployments as the watches see them; kopf calls no handler
+  before they are complete, so a restarted operator decides from the whole picture,
+  read with one list per kind (no read per model).
+- `Operator.reconcile` runs one placement decision at a time (one lock); concurrent
+  triggers coalesce into the next decision. Each decision is level-triggered: it also
+  scales every Deployment whose size disagrees with its model's phase, and deletes
+  finished pods. Triggers: any EmbeddingModel event (the gateway's status.requestedAt
+  included), any model-server pod or Deployment event, conversion Jobs finishing, a
+  wake-up at a Wait's retry time, and a periodic tick (idle timeouts, residency expiry,
+  demand expiry, re-advertising the node's capacity).
+- What a decision writes comes from `decisions.outcome` (pure); `carry_out` applies it:
+  the status patch (remembered in the overlay until the watch shows it), the Event, the
+  Deployment's size. A failed write is logged and repaired by the next pass.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import defaultdict
+from typing import Any, cast
+
+import kopf
+from kubernetes_asyncio import client
+
+from akidb_embed import k8s
+from akidb_embed.operator import objects
+from akidb_embed.operator.capacity import node_resources, node_status_patch
+from akidb_embed.operator.config import OperatorConfig
+from akidb_embed.operator.conversion import Conversion
+from akidb_embed.operator.decisions import Event, Outcome, outcome
+from akidb_embed.operator.performance import fetch_performance, pod_endpoint
+from akidb_embed.operator.placement import Action, DeletePod, Scale, Wait, decide
+from akidb_embed.operator.state import WriteOverlay, model_view
+from akidb_embed.operator.writer import ApiError, Conflict, NotFound, Timeouts, Writer
+
+Body = dict[str, Any]
+log = logging.getLogger("akidb_embed.operator")
+
+
+def post_event(body: Body, event: Event) -> None:
+    """Post a Kubernetes Event about the EmbeddingModel (kopf batches and sends it)."""
+    try:
+        kopf.event(
+            cast(Any, body), type=event.type, reason=event.reason, message=event.message[:1024]
+        )
+    except LookupError:  # outside kopf's context (no event queue): the status still says it
+        log.warning("could not post Event %s for %s", event.reason, body["metadata"]["name"])
+
+
+Indexes = tuple[kopf.Index, kopf.Index, kopf.Index]  # models, pods, deployments
+
+
+class Operator:
+    """The operator's one decision loop and its writes to the API server."""
+
+    def __init__(self, config: OperatorConfig, identity: str = "") -> None:
+        self.config = config
+        self.lock = asyncio.Lock()
+        self.overlay = WriteOverlay()
+        self._requested = 0
+        self._completed = 0
+        self.api: client.ApiClient | None = None
+        self.writer: Writer | None = None
+        self.decisions = 0
+        self.identity = identity
+        self.indexes: Indexes | None = None
+        self.ticker: asyncio.Task[None] | None = None
+        # One pending "decide again at" wake-up (see Wait.retry_at) and its time.
+        self._wakeup: asyncio.TimerHandle | None = None
+        self._wakeup_at = float("inf")
+        self._background: set[asyncio.Task[None]] = set()  # keeps fired wake-ups alive
+        # One status.performance read per model that turned Ready (background tasks).
+        self.measurements: dict[str, asyncio.Task[None]] = {}
+        # The spec handler and the Job handler of one model never interleave.
+        self.model_locks: defaultdict[str, asyncio.Lock] = defaultdict(asyncio.Lock)
+        self.first_decision_at: float | None = None  # epoch seconds (failover measurement)
+        self.conversion = Conversion(self)  # the spec and Job handlers' work
+
+    @property
+    def w(self) -> Writer:
+        if self.writer is None:
+            raise RuntimeError("the operator has no API client yet (startup not run)")
+        return self.writer
+
+    def connect(self, api: client.ApiClient, may_write: Any = None) -> None:
+        self.api = api
+        timeouts = Timeouts(self.config.api_connect_timeout, self.config.api_read_timeout)
+        self.writer = Writer(api, timeouts, may_write or (lambda: True))
+
+    def stop(self) -> None:
+        """Cancel the background work (kopf's cleanup: the Lease is going away)."""
+        for task in list(self.measurements.values()):
+            task.cancel()
+        if self.ticker is not None:
+            self.ticker.cancel()
+        if self._wakeup is not None:
+            self._wakeup.cancel()
+
+    # -- API access -------------------------------------------------------------------
+
+    async def patch_status(self, body: Body, status: Body) -> Body:
+        """Merge-patch the status subresource; remember the write until the watch shows it."""
+        meta = body["metadata"]
+        result = await self.w.patch_model_status(meta["namespace"], meta["name"], status)
+        new_status = dict(result.get("status") or {})
+        self.overlay.record(meta["name"], meta["uid"], new_status)
+        body["status"] = new_status
+        return new_status
+
+    async def scale(self, body: Body, replicas: int) -> None:
+        meta = body["metadata"]
+        try:
+            await self.w.patch_deployment(
+                meta["namespace"],
+                objects.deployment_name(meta["name"]),
+                {"spec": {"replicas": replicas}},
+            )
+        except NotFound:
+            # Deleted behind our back (or never created): recreate it at the right size.
+            await self.ensure_deployment(body, replicas)
+
+    async def ensure_deployment(
+        self, body: Body, replicas: int, current: Body | None = None
+    ) -> None:
+        """Create the Deployment, or bring its template up to date (never its replicas:
+        those follow the phase, set by the decisions). No write if `current` (the
+        index's view) already carries the desired template hash."""
+        desired = objects.with_template_hash(objects.model_deployment(body, self.config, replicas))
+        meta = desired["metadata"]
+        wanted_hash = meta["annotations"][objects.TEMPLATE_HASH]
+        if current is not None and current.get("templateHash") == wanted_hash:
+            return
+        if current is None:
+            try:
+                await self.w.create_deployment(meta["namespace"], desired)
+                return
+            except Conflict:
+                pass
+        spec = {k: v for k, v in desired["spec"].items() if k != "replicas"}
+        await self.w.patch_deployment(
+            meta["namespace"],
+            meta["name"],
+            {
+                "metadata": {"labels": meta["labels"], "annotations": meta["annotations"]},
+                "spec": spec,
+            },
+        )
+
+    # -- placement -------------------------------------------------------------------
+
+    async def reconcile(self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index) -> None:
+        """Run a placement decision unless one that started after this call covers it."""
+        # kopf hands indexes only to handlers, and only once they are complete.
+        self.indexes = (models, pods, deps)
+        if self.ticker is None:
+            # Started from a handler so that it inherits kopf's context (Event posting).
+            self.ticker = asyncio.create_task(self.tick_forever())
+        self._requested += 1
+        ticket = self._requested
+        async with self.lock:
+            if self._completed >= ticket:
+                return
+            started = self._requested
+            try:
+                await self._decide_and_apply(models, pods, deps)
+            finally:
+                self._completed = started
+
+    async def tick_forever(self) -> None:
+        while True:
+            try:
+                await self.advertise_capacity()
+            except Exception:
+                log.exception("advertising the node's capacity failed; retrying next tick")
+            await asyncio.sleep(self.config.tick)
+            try:
+                if self.indexes is not None:
+                    await self.reconcile(*self.indexes)
+            except Exception:
+                log.exception("periodic decision failed; retrying next tick")
+
+    async def advertise_capacity(self) -> None:
+        """Slots and model memory as extended resources on each selected node (re-applied
+        every tick: level-triggered; a node that re-registers loses them)."""
+        selector = ",".join(f"{k}={v}" for k, v in sorted(self.config.node_selector.items()))
+        wanted = node_resources(self.config.capacity, self.config.memory_budget)
+        for node in await self.w.list_nodes(selector):
+            patch = node_status_patch(node, wanted)
+            if patch is not None:
+                await self.w.patch_node_status(node["metadata"]["name"], patch)
+                log.info("advertised %s on node %s", wanted, node["metadata"]["name"])
+
+    def _decide_again_at(self, when: float) -> None:
+        """Decide again at `when` (epoch seconds, in the future) instead of at the tick."""
+        if self._wakeup is not None and not self._wakeup.cancelled():
+            if self._wakeup_at <= when:
+                return
+            self._wakeup.cancel()
+        loop = asyncio.get_running_loop()
+
+        def fire() -> None:
+            self._wakeup, self._wakeup_at = None, float("inf")
+            if self.indexes is not None:
+                task = asyncio.create_task(self.reconcile(*self.indexes))
+                self._background.add(task)
+                task.add_done_callback(self._background.discard)
+
+        self._wakeup_at = when
+        self._wakeup = loop.call_later(max(0.0, when - time.time()) + 0.05, fire)
+
+    def _bodies(self, models: kopf.Index) -> dict[str, Body]:
+        bodies: dict[str, Body] = {}
+        for store in models.values():
+            for body in store:
+                if body["metadata"].get("deletionTimestamp"):
+                    continue
+                bodies[body["metadata"]["name"]] = dict(self.overlay.apply(body))
+        return bodies
+
+    async def _decide_and_apply(
+        self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
+    ) -> None:
+        bodies = self._bodies(models)
+        pod_views = [p for store in pods.values() for p in store]
+        replicas = {d["model"]: d["replicas"] for store in deps.values() for d in store}
+        now = time.time()
+        actions = decide(
+            [model_view(b) for b in bodies.values()],
+            pod_views,
+            self.config.limits,
+            now,
+            replicas=replicas,
+        )
+        self.decisions += 1
+        if self.first_decision_at is None:
+            self.first_decision_at = now
+            log.info("first decision as %s", self.identity)
+        namespace = self.config.namespace
+        for action in actions:
+            if isinstance(action, Wait) and action.retry_at is not None:
+                self._decide_again_at(action.retry_at)
+            try:
+                if isinstance(action, DeletePod):
+                    log.info("deleting finished pod %s of %s", action.pod, action.model)
+                    with contextlib.suppress(NotFound, Conflict):  # gone, or a newer one
+                        await self.w.delete_pod(namespace, action.pod, action.uid or None)
+                    continue
+                body = bodies.get(action.model)
+                if body is None:
+                    continue
+                await self.apply(action, body, now)
+            except ApiError as exc:
+                # Level-triggered: the next pass sees what did not happen and repairs it.
+                log.warning("%s on %s failed: %s", type(action).__name__, action.model, exc)
+
+    async def apply(self, action: Action, body: Body, now: float) -> None:
+        status = body.get("status") or {}
+        if isinstance(action, Scale):
+            log.info(
+                "Scale: %s to %d (its Deployment has %d; phase %s)",
+                action.model,
+                action.replicas,
+                action.observed,
+                status.get("phase"),
+            )
+        else:
+            log.info("%s: %s", type(action).__name__, getattr(action, "message", action.model))
+        await self.carry_out(body, outcome(action, body, now))
+
+    async def carry_out(self, body: Body, out: Outcome) -> None:
+        """Status first (the decision's record), then its Event, then the Deployment's
+        size; if the scale fails, the next pass sees the disagreement and repairs it."""
+        if out.status is not None:
+            await self.patch_status(body, out.status)
+        if out.event is not None:
+            post_event(body, out.event)
+        if out.replicas is not None:
+            await self.scale(body, out.replicas)
+        if out.measure:
+            self.record_performance_later(body)
+
+    # -- measured performance ------------------------------------------------------------
+
+    def record_performance_later(self, body: Body) -> None:
+        """Read the ready pod's self-measurement and write status.performance, off the lock.
+
+        In the background: the server measures for about a second after turning ready,
+        and a decision must not wait for that (or for a pod that does not answer).
+        """
+        meta = body["metadata"]
+        name = meta["name"]
+        previous = self.measurements.pop(name, None)
+        if previous is not None and not previous.done():
+            previous.cancel()
+        task = asyncio.create_task(self._record_performance(name, meta["namespace"]))
+        self.measurements[name] = task
+
+        def forget(done: asyncio.Task[None]) -> None:
+            if self.measurements.get(name) is done:
+                del self.measurements[name]
+
+        task.add_done_callback(forget)
+
+    async def _record_performance(self, name: str, namespace: str) -> None:
+        try:
+            pods = await self.w.list_pods(
+                namespace, f"{k8s.LABEL_NAME}={k8s.MODEL_SERVER_APP},{k8s.LABEL_MODEL}={name}"
+            )
+            url = next((u for u in map(pod_endpoint, pods) if u), None)
+            if url is None:
+                log.info("%s: no ready pod to read performance from", name)
+                return
+            perf = await fetch_performance(url)
+            if perf is None:
+                return
+            # Not through patch_status: performance is no decision input, and a write
+            # recorded in the overlay from outside the lock could mask a newer phase.
+            await self.w.patch_model_status(namespace, name, {"performance": perf})
+            log.info("%s: measured %s", name, perf)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # never fatal: the model serves without the numbers
+            log.warning("%s: could not record performance: %s", name, exc)
