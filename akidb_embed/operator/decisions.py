@@ -118,6 +118,7 @@ def outcome(action: Action, body: Body, now: float) -> Outcome:
                 "phase": READY,
                 "reason": "PodReady",
                 "message": message,
+                "readySince": stamp,
                 "conditions": _conditions(body, cond(objects.READY, True, "PodReady", message)),
             },
             event=Event("Normal", "Ready", message),

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 # Phases of an EmbeddingModel (status.phase).
 PENDING = "Pending"
@@ -58,6 +58,7 @@ class ModelView:
     last_request: float | None = None  # status.lastRequestTime (the gateway flushes it)
     requested_at: float | None = None  # status.requestedAt: a request waits for this model
     active_since: float | None = None  # status.activeSince: the last activation
+    ready_since: float | None = None  # status.readySince: its pod last turned ready
     last_evicted_at: float | None = None  # status.lastEvictedAt: set when an eviction starts
 
     @property
@@ -66,8 +67,14 @@ class ModelView:
 
     @property
     def last_used(self) -> float:
-        """When this model was last wanted: a request served, demanded, or activation."""
-        times = [t for t in (self.last_request, self.requested_at, self.active_since) if t]
+        """When this model was last wanted: a request served, demanded, its activation, or
+        its pod turning ready (a model cannot be used before that, however long it took
+        to start, so its idle clock starts there)."""
+        times = [
+            t
+            for t in (self.last_request, self.requested_at, self.active_since, self.ready_since)
+            if t
+        ]
         return max(times) if times else -math.inf
 
     @property
@@ -265,17 +272,24 @@ def decide(
     phase = {name: m.phase for name, m in by_name.items()}
 
     # 1. Bookkeeping: phases that follow from the pods.
+    turned_ready: set[str] = set()
     for name, m in by_name.items():
         live = [p for p in pods_of[name] if not p.terminating]
         if m.phase == ACTIVATING and any(p.ready for p in live):
             actions.append(MarkReady(name))
             phase[name] = READY
+            turned_ready.add(name)
         elif m.phase == READY and not any(p.ready for p in live):
             actions.append(MarkActivating(name))
             phase[name] = ACTIVATING
         elif m.phase == EVICTING and not pods_of[name]:
             actions.append(MarkStandby(name))
             phase[name] = STANDBY
+
+    # A model turning ready now is used now (MarkReady records readySince = now): no idle
+    # timeout or eviction may take it before it has served the request that woke it.
+    for name in turned_ready:
+        by_name[name] = replace(by_name[name], ready_since=now)
 
     # 2. Occupancy: an active model holds a slot even before its pod exists; each pod
     #    holds one until it is gone.
@@ -300,7 +314,7 @@ def decide(
     # 3. Idle timeouts: their slots free up once their pods are gone.
     leaving: set[str] = set()
     for name, m in by_name.items():
-        if phase[name] != READY or m.pinned or m.idle_timeout is None:
+        if phase[name] != READY or m.pinned or m.idle_timeout is None or name in turned_ready:
             continue
         idle = now - m.last_used
         if idle >= m.idle_timeout:

@@ -30,6 +30,7 @@ OPERATOR_STATUS_FIELDS = (
     "conditions",
     "observedGeneration",
     "activeSince",
+    "readySince",
     "lastEvictedAt",
     "evictions",
     "artifact",
@@ -86,6 +87,7 @@ def model_view(body: Body) -> ModelView:
         last_request=k8s.parse_time(status.get("lastRequestTime")),
         requested_at=k8s.parse_time(status.get("requestedAt")),
         active_since=k8s.parse_time(status.get("activeSince")),
+        ready_since=k8s.parse_time(status.get("readySince")),
         last_evicted_at=k8s.parse_time(status.get("lastEvictedAt")),
     )
 

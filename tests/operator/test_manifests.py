@@ -127,6 +127,7 @@ def test_crd_enums_agree_with_the_code() -> None:
         "lastRequestTime",
         "requestedAt",
         "activeSince",
+        "readySince",
         "lastEvictedAt",
         "evictions",
         "artifact",

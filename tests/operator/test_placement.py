@@ -526,3 +526,39 @@ def test_an_activation_is_not_also_reported_as_a_repair() -> None:
     models = [demanded("b")]
     actions = decide(models, [], Limits(capacity=3), NOW, replicas={"b": 0})
     assert [type(a) for a in actions] == [Activate]
+
+
+# A cold start longer than the idle timeout (found by CI: a 3 s idleTimeout model whose pod
+# took longer than 3 s to start was scaled down in the very pass that marked it Ready) ----
+
+
+def _slow_starter(**kw: object) -> ModelView:
+    # Demanded and activated 40 s ago; its pod has only now turned ready.
+    return ModelView(
+        "slow",
+        phase=ACTIVATING,
+        requested_at=NOW - 41,
+        active_since=NOW - 40,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_model_turning_ready_is_not_idled_out_in_the_same_pass() -> None:
+    actions = decide([_slow_starter(idle_timeout=3.0)], [pod("slow")], Limits(capacity=3), NOW)
+    assert actions == [MarkReady("slow")]
+    # Its idle clock starts at readySince: still in use 2 s later, idle 3 s later.
+    marked = ModelView(
+        "slow", phase=READY, active_since=NOW - 40, ready_since=NOW, idle_timeout=3.0
+    )
+    assert not of(IdleStandby, decide([marked], [pod("slow")], Limits(capacity=3), NOW + 2))
+    assert of(IdleStandby, decide([marked], [pod("slow")], Limits(capacity=3), NOW + 3))
+
+
+def test_a_model_turning_ready_is_not_evicted_in_the_same_pass() -> None:
+    # Full node; "slow" is the least recently wanted by its old times, but it turns
+    # ready now: the demand evicts the next least recently used instead.
+    models = [_slow_starter(), ready("a", NOW - 35), ready("b", NOW - 38), demanded("d")]
+    pods = [pod("slow"), pod("a"), pod("b")]
+    actions = decide(models, pods, Limits(capacity=3, min_residency=30), NOW)
+    assert MarkReady("slow") in actions
+    assert [e.model for e in of(Evict, actions)] == ["b"]
