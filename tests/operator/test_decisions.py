@@ -94,6 +94,7 @@ def test_mark_ready_names_the_cold_start_and_asks_for_the_measurement() -> None:
     body = model(phase=ACTIVATING, activeSince=k8s.to_rfc3339(NOW - 2.5))
     out = decisions.outcome(MarkReady("m"), body, NOW)
     assert out.status is not None and out.status["phase"] == READY
+    assert out.status["readySince"] == STAMP  # the idle clock starts here
     assert "after a 2.5s cold start" in out.status["message"]
     assert conditions_of(out)[objects.READY]["status"] == "True"
     assert out.event is not None and out.event.reason == "Ready"
