@@ -289,16 +289,15 @@ def _one_size(
             latencies = []
             for name in order[1 : 1 + demands]:
                 w = watch.Watch()
-                version = apps.read_namespaced_deployment(
-                    f"model-{name}", ns
-                ).metadata.resource_version
+                # No resourceVersion: after 1000 Deployment writes the one just read can
+                # already be too old for the watch cache (410). The watch starts with the
+                # current object, so a scale that beats it is still seen.
                 t0 = time.perf_counter()
                 _demand(custom, ns, name)
                 for event in w.stream(
                     apps.list_namespaced_deployment,
                     ns,
                     field_selector=f"metadata.name=model-{name}",
-                    resource_version=version,
                     timeout_seconds=30,
                 ):
                     if (event["object"].spec.replicas or 0) >= 1:

@@ -59,6 +59,10 @@ class OperatorConfig:
     api_connect_timeout: float = 5.0
     api_read_timeout: float = 15.0
     watch_timeout: float = 60.0
+    # Spec handlers writing at once. kopf runs one per model, all at once at start-up:
+    # 1000 models queued 1000 writes on the client's pool, and the waits ran into the
+    # connect timeout. Placement decisions are not limited by this.
+    spec_concurrency: int = 8
     liveness: str = "http://0.0.0.0:8081/healthz"
     convert_timeout: int = 7200
     convert_memory: str = "1Gi"
@@ -159,6 +163,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=_env("WATCH_TIMEOUT", "60s"),
         help="each watch ends after this long and is restarted (60s)",
     )
+    add(
+        "--spec-concurrency",
+        type=int,
+        default=int(_env("SPEC_CONCURRENCY", str(d.spec_concurrency))),
+        help="models whose Deployment / conversion Job are written at once (8); "
+        "placement decisions are not limited by it",
+    )
     add("--liveness", default=_env("LIVENESS", d.liveness), help="kopf liveness endpoint")
     add(
         "--pod-env",
@@ -202,6 +213,7 @@ def from_args(args: argparse.Namespace) -> OperatorConfig:
         api_connect_timeout=parse_duration(args.api_timeout.split(",")[0]),
         api_read_timeout=parse_duration(args.api_timeout.split(",")[-1]),
         watch_timeout=parse_duration(args.watch_timeout),
+        spec_concurrency=max(1, args.spec_concurrency),
         liveness=args.liveness,
         pod_env=dict(item.split("=", 1) for item in args.pod_env if "=" in item),
     )

@@ -14,6 +14,7 @@ decisions leave alone (Pending, Converting, Failed -> Standby / Converting).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -63,6 +64,8 @@ class Conversion:
     def __init__(self, operator: Operator) -> None:
         self.op = operator
         self.started = time.monotonic()
+        # Bounds the writes of the start-up pass (one handler per model, all at once).
+        self.writing = asyncio.Semaphore(operator.config.spec_concurrency)
         self._resumed: set[str] | None = set()  # models the start-up pass has handled
 
     async def ensure_model(
@@ -72,7 +75,7 @@ class Conversion:
         op = self.op
         name = body["metadata"]["name"]
         current = next(iter(deps.get(name, ())), None)
-        async with op.model_locks[name]:
+        async with self.writing, op.model_locks[name]:
             body = dict(op.overlay.apply(body))
             stamp = k8s.now_rfc3339()
             if objects.is_converted(body):
