@@ -25,8 +25,6 @@ from akidb_embed.operator.state import deployment_view, model_snapshot, pod_view
 
 Body = dict[str, Any]
 
-__all__ = ["Operator", "register"]
-
 
 def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     """Attach the handlers to `registry`, bound to `operator` (already connected)."""
