@@ -1,16 +1,16 @@
 """The operator's decision loop: one placement decision at a time, applied to the API server.
 
-- kopf indexes keep the EmbeddingModels, the model-server pods (Terminating ones
-  included) and the model Deployments as the watches see them; kopf calls no handler
-  before they are complete, so a restarted operator decides from the whole picture,
-  read with one list per kind (no read per model).
-- `Operator.reconcile` runs one placement decision at a time (one lock); concurrent
-  triggers coalesce into the next decision. Each decision is level-triggered: it also
-  scales every Deployment whose size disagrees with its model's phase, and deletes
-  finished pods. Triggers: any EmbeddingModel event (the gateway's status.requestedAt
-  included), any model-server pod or Deployment event, conversion Jobs finishing, a
-  wake-up at a Wait's retry time, and a periodic tick (idle timeouts, residency expiry,
-  demand expiry, re-advertising the node's capacity).
+- `cache.ClusterCache` keeps the EmbeddingModels, the model-server pods (Terminating
+  ones included) and the model Deployments as our own watches show them (one list per
+  kind, then a watch; no read per model). Decisions wait until all three have listed,
+  so a restarted operator decides from the whole picture, within a second of holding
+  the Lease, and never behind kopf's start-up pass over the spec handlers.
+- Every change the watches show `poke`s the loop: one decision runs at a time (one
+  lock) and changes that arrive meanwhile coalesce into the next one. Each decision is
+  level-triggered: it also scales every Deployment whose size disagrees with its model's
+  phase, and deletes finished pods. Triggers besides the watches: conversion Jobs
+  finishing, a wake-up at a Wait's retry time, and a periodic tick (idle timeouts,
+  residency expiry, demand expiry, re-advertising the node's capacity).
 - What a decision writes comes from `decisions.outcome` (pure); `carry_out` applies it:
   the status patch (remembered in the overlay until the watch shows it), the Event, the
   Deployment's size. A failed write is logged and repaired by the next pass.
@@ -23,13 +23,13 @@ import contextlib
 import logging
 import time
 from collections import defaultdict
-from typing import Any, cast
+from typing import Any
 
-import kopf
 from kubernetes_asyncio import client
 
 from akidb_embed import k8s
 from akidb_embed.operator import objects
+from akidb_embed.operator.cache import ClusterCache
 from akidb_embed.operator.capacity import node_resources, node_status_patch
 from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.conversion import Conversion
@@ -43,17 +43,9 @@ Body = dict[str, Any]
 log = logging.getLogger("akidb_embed.operator")
 
 
-def post_event(body: Body, event: Event) -> None:
-    """Post a Kubernetes Event about the EmbeddingModel (kopf batches and sends it)."""
-    try:
-        kopf.event(
-            cast(Any, body), type=event.type, reason=event.reason, message=event.message[:1024]
-        )
-    except LookupError:  # outside kopf's context (no event queue): the status still says it
-        log.warning("could not post Event %s for %s", event.reason, body["metadata"]["name"])
-
-
-Indexes = tuple[kopf.Index, kopf.Index, kopf.Index]  # models, pods, deployments
+# Events wait here for the poster; beyond this many (an API server that stopped
+# answering) new ones are dropped: the status says the same.
+EVENT_BACKLOG = 2000
 
 
 class Operator:
@@ -69,12 +61,17 @@ class Operator:
         self.writer: Writer | None = None
         self.decisions = 0
         self.identity = identity
-        self.indexes: Indexes | None = None
+        self.cache = ClusterCache(self.poke)
+        self._dirty = False  # a change not yet covered by a decision (see poke)
+        self._drainer: asyncio.Task[None] | None = None
+        self.watcher: asyncio.Task[None] | None = None
         self.ticker: asyncio.Task[None] | None = None
+        self.events: asyncio.Queue[Body] = asyncio.Queue(EVENT_BACKLOG)
+        self.poster: asyncio.Task[None] | None = None
         # One pending "decide again at" wake-up (see Wait.retry_at) and its time.
         self._wakeup: asyncio.TimerHandle | None = None
         self._wakeup_at = float("inf")
-        self._background: set[asyncio.Task[None]] = set()  # keeps fired wake-ups alive
+        self._background: set[asyncio.Task[None]] = set()  # keeps fire-and-forget tasks alive
         # One status.performance read per model that turned Ready (background tasks).
         self.measurements: dict[str, asyncio.Task[None]] = {}
         # The spec handler and the Job handler of one model never interleave.
@@ -94,12 +91,23 @@ class Operator:
         timeouts = Timeouts(self.config.api_connect_timeout, self.config.api_read_timeout)
         self.writer = Writer(api, timeouts, may_write or (lambda: True))
 
+    def start(self) -> None:
+        """Start the watches, the tick and the Event poster (kopf's startup handler)."""
+        if self.api is None:
+            raise RuntimeError("the operator has no API client yet (connect first)")
+        if self.watcher is None:
+            self.watcher = asyncio.create_task(self.cache.run(self.api, self.config.namespace))
+        if self.ticker is None:
+            self.ticker = asyncio.create_task(self.tick_forever())
+        if self.poster is None:
+            self.poster = asyncio.create_task(self.post_events_forever())
+
     def stop(self) -> None:
         """Cancel the background work (kopf's cleanup: the Lease is going away)."""
-        for task in list(self.measurements.values()):
-            task.cancel()
-        if self.ticker is not None:
-            self.ticker.cancel()
+        tasks = [*self.measurements.values(), self.ticker, self.watcher, self._drainer, self.poster]
+        for task in tasks:
+            if task is not None:
+                task.cancel()
         if self._wakeup is not None:
             self._wakeup.cancel()
 
@@ -153,15 +161,57 @@ class Operator:
             },
         )
 
+    def post_event(self, body: Body, event: Event) -> None:
+        """Queue a Kubernetes Event about the EmbeddingModel (posted off the decision)."""
+        obj = objects.model_event(
+            body, event.type, event.reason, event.message, k8s.now_rfc3339(), self.identity
+        )
+        try:
+            self.events.put_nowait(obj)
+        except asyncio.QueueFull:
+            log.warning(
+                "Event backlog full: dropped %s for %s", event.reason, body["metadata"]["name"]
+            )
+
+    async def post_events_forever(self) -> None:
+        while True:
+            obj = await self.events.get()
+            try:
+                await self.w.create_event(obj["metadata"]["namespace"], obj)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # best effort: the status carries the same record
+                log.warning(
+                    "could not post Event %s for %s: %s",
+                    obj["reason"],
+                    obj["involvedObject"]["name"],
+                    exc,
+                )
+            finally:
+                self.events.task_done()
+
     # -- placement -------------------------------------------------------------------
 
-    async def reconcile(self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index) -> None:
+    def poke(self) -> None:
+        """Something changed: decide soon. Changes during a decision coalesce into one
+        more decision after it (a decision started later sees them all)."""
+        self._dirty = True
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain())
+
+    async def _drain(self) -> None:
+        while self._dirty:
+            self._dirty = False
+            try:
+                await self.reconcile()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("decision failed; the next change or tick retries it")
+
+    async def reconcile(self) -> None:
         """Run a placement decision unless one that started after this call covers it."""
-        # kopf hands indexes only to handlers, and only once they are complete.
-        self.indexes = (models, pods, deps)
-        if self.ticker is None:
-            # Started from a handler so that it inherits kopf's context (Event posting).
-            self.ticker = asyncio.create_task(self.tick_forever())
+        await self.cache.wait_synced()
         self._requested += 1
         ticket = self._requested
         async with self.lock:
@@ -169,7 +219,7 @@ class Operator:
                 return
             started = self._requested
             try:
-                await self._decide_and_apply(models, pods, deps)
+                await self._decide_and_apply()
             finally:
                 self._completed = started
 
@@ -180,11 +230,7 @@ class Operator:
             except Exception:
                 log.exception("advertising the node's capacity failed; retrying next tick")
             await asyncio.sleep(self.config.tick)
-            try:
-                if self.indexes is not None:
-                    await self.reconcile(*self.indexes)
-            except Exception:
-                log.exception("periodic decision failed; retrying next tick")
+            self.poke()
 
     async def advertise_capacity(self) -> None:
         """Slots and model memory as extended resources on each selected node (re-applied
@@ -207,15 +253,12 @@ class Operator:
 
         def fire() -> None:
             self._wakeup, self._wakeup_at = None, float("inf")
-            if self.indexes is not None:
-                task = asyncio.create_task(self.reconcile(*self.indexes))
-                self._background.add(task)
-                task.add_done_callback(self._background.discard)
+            self.poke()
 
         self._wakeup_at = when
         self._wakeup = loop.call_later(max(0.0, when - time.time()) + 0.05, fire)
 
-    def _bodies(self, models: kopf.Index) -> tuple[dict[str, Body], list[ModelView]]:
+    def _bodies(self) -> tuple[dict[str, Body], list[ModelView]]:
         """The live models (our recent writes laid over) and the policy's view of each.
 
         A view is kept per (uid, resourceVersion) of a body the overlay leaves alone:
@@ -225,29 +268,26 @@ class Operator:
         bodies: dict[str, Body] = {}
         views: list[ModelView] = []
         cache: dict[tuple[str, str], ModelView] = {}
-        for store in models.values():
-            for watched in store:
-                meta = watched["metadata"]
-                if meta.get("deletionTimestamp"):
-                    continue
-                body = self.overlay.apply(watched)
-                if body is watched:
-                    key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
-                    view = self._views.get(key) or model_view(body)
-                    cache[key] = view
-                else:
-                    view = model_view(body)
-                bodies[meta["name"]] = dict(body)
-                views.append(view)
+        for watched in self.cache.models:
+            meta = watched["metadata"]
+            if meta.get("deletionTimestamp"):
+                continue
+            body = self.overlay.apply(watched)
+            if body is watched:
+                key = (str(meta.get("uid")), str(meta.get("resourceVersion")))
+                view = self._views.get(key) or model_view(body)
+                cache[key] = view
+            else:
+                view = model_view(body)
+            bodies[meta["name"]] = dict(body)
+            views.append(view)
         self._views = cache  # only what is still current
         return bodies, views
 
-    async def _decide_and_apply(
-        self, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
-    ) -> None:
-        bodies, views = self._bodies(models)
-        pod_views = [p for store in pods.values() for p in store]
-        replicas = {d["model"]: d["replicas"] for store in deps.values() for d in store}
+    async def _decide_and_apply(self) -> None:
+        bodies, views = self._bodies()
+        pod_views = list(self.cache.pods)
+        replicas = {d["model"]: d["replicas"] for d in self.cache.deployments}
         now = time.time()
         actions = decide(
             views,
@@ -298,7 +338,7 @@ class Operator:
         if out.status is not None:
             await self.patch_status(body, out.status)
         if out.event is not None:
-            post_event(body, out.event)
+            self.post_event(body, out.event)
         if out.replicas is not None:
             await self.scale(body, out.replicas)
         if out.measure:

@@ -20,8 +20,6 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-import kopf
-
 from akidb_embed import k8s
 from akidb_embed.operator import decisions, objects
 from akidb_embed.operator.writer import ApiError, Conflict
@@ -68,14 +66,13 @@ class Conversion:
         self.writing = asyncio.Semaphore(operator.config.spec_concurrency)
         self._resumed: set[str] | None = set()  # models the start-up pass has handled
 
-    async def ensure_model(
-        self, body: Body, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
-    ) -> None:
+    async def ensure_model(self, body: Body) -> None:
         """Deployment up to date; a conversion Job if the artifact is new."""
         op = self.op
         name = body["metadata"]["name"]
-        current = next(iter(deps.get(name, ())), None)
+        await op.cache.wait_synced()  # its Deployment, if any, is known
         async with self.writing, op.model_locks[name]:
+            current = op.cache.deployments.get(name)
             body = dict(op.overlay.apply(body))
             stamp = k8s.now_rfc3339()
             if objects.is_converted(body):
@@ -96,15 +93,15 @@ class Conversion:
                     )
                     await op.carry_out(body, started)
             log.debug("ensured %s", name)
-        self._note_resumed(name, models)
-        await op.reconcile(models, pods, deps)
+        self._note_resumed(name)
+        op.poke()  # the watch shows the writes too; this covers a run without any
 
-    def _note_resumed(self, name: str, models: kopf.Index) -> None:
+    def _note_resumed(self, name: str) -> None:
         """Log once when the spec handler has seen every model (the start-up pass)."""
         if self._resumed is None:
             return
         self._resumed.add(name)
-        total = sum(len(store) for store in models.values())
+        total = len(self.op.cache.models)
         if len(self._resumed) >= total:
             took = time.monotonic() - self.started
             log.info("start-up pass: %d models in %.2fs", total, took)
@@ -117,25 +114,17 @@ class Conversion:
         except Conflict:
             return False
 
-    async def job_finished(
-        self, job: Body, models: kopf.Index, pods: kopf.Index, deps: kopf.Index
-    ) -> None:
+    async def job_finished(self, job: Body) -> None:
         op = self.op
         name, succeeded, failed, failed_condition = job_result(job)
         if not name or not (succeeded or failed):
             return
+        await op.cache.wait_synced()
         async with op.model_locks[name]:
-            body = next(
-                (
-                    dict(op.overlay.apply(b))
-                    for store in models.values()
-                    for b in store
-                    if b["metadata"]["name"] == name
-                ),
-                None,
-            )
-            if body is None or body["metadata"].get("deletionTimestamp"):
+            watched = op.cache.models.get(name)
+            if watched is None or watched["metadata"].get("deletionTimestamp"):
                 return
+            body = dict(op.overlay.apply(watched))
             if not job_is_current(job, body, failed=failed) or objects.is_converted(body):
                 return
             stamp = k8s.now_rfc3339()
@@ -147,7 +136,7 @@ class Conversion:
             else:
                 detail = await self._failure_detail(job, failed_condition)
                 await op.carry_out(body, decisions.conversion_failed(body, job_name, detail, stamp))
-        await op.reconcile(models, pods, deps)
+        op.poke()  # the watch shows the writes too; this covers a run without any
 
     async def _job_pods(self, job: Body) -> list[Any]:
         meta = job["metadata"]

@@ -1,13 +1,10 @@
-"""kopf handlers: what the operator watches and which part of it each event calls.
+"""kopf handlers: the spec and conversion-Job workflow, and the operator's start and stop.
 
 Nothing here decides or writes. `controller.Operator` runs the placement decisions
-(`placement.decide`, applied as `decisions.outcome` says) and owns the writes
-(`writer`: timeouts and typed errors); `conversion.Conversion` is the spec and Job
-workflow; `leader` holds the Lease (kopf runs only while we hold it, see cli.py);
-`state` turns bodies into the policy's views, kept in kopf indexes.
-
-kopf's change detection ignores `status`, so demand (status.requestedAt) is seen
-through `on.event`, not `on.field`.
+(`placement.decide`, applied as `decisions.outcome` says) from its own watches
+(`cache`: demand, status.requestedAt, is seen there) and owns the writes (`writer`:
+timeouts and typed errors); `conversion.Conversion` is the spec and Job workflow;
+`leader` holds the Lease (kopf runs only while we hold it, see cli.py).
 """
 
 from __future__ import annotations
@@ -21,7 +18,7 @@ import kopf
 from akidb_embed import k8s
 from akidb_embed.operator import objects
 from akidb_embed.operator.controller import Operator
-from akidb_embed.operator.state import deployment_view, model_snapshot, pod_view
+from akidb_embed.operator.state import model_snapshot
 
 Body = dict[str, Any]
 
@@ -30,8 +27,6 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     """Attach the handlers to `registry`, bound to `operator` (already connected)."""
     config = operator.config
     em = (k8s.GROUP, k8s.VERSION, k8s.PLURAL)
-    deployments = ("apps", "v1", "deployments")
-    model_server = {k8s.LABEL_NAME: k8s.MODEL_SERVER_APP}
     converter = {k8s.LABEL_NAME: objects.CONVERTER_APP}
 
     @kopf.on.login(id="login", registry=registry)
@@ -47,7 +42,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     @kopf.on.startup(id="configure", registry=registry)
     async def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
         # Timeouts on every request and watch: a half-open connection must not freeze a
-        # watch (and with it the indexes) forever. The server ends each watch after
+        # watch (and with it the spec handlers) forever. The server ends each watch after
         # server_timeout; the client gives up client_timeout after a silent stream.
         settings.watching.server_timeout = int(config.watch_timeout)  # an integer query
         settings.watching.client_timeout = config.watch_timeout + 15
@@ -60,7 +55,7 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
         # namespace it was given (a restarted operator stood still that long).
         settings.scanning.disabled = True
         settings.posting.enabled = True
-        settings.posting.level = logging.WARNING  # our own Events come from kopf.event()
+        settings.posting.level = logging.WARNING  # our own Events: Operator.post_event
         # One replica acts: the leader Lease is held before kopf starts (cli.py).
         settings.peering.standalone = True
         settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=k8s.GROUP)
@@ -72,76 +67,22 @@ def register(registry: kopf.OperatorRegistry, operator: Operator) -> None:
     async def close(**_: Any) -> None:
         operator.stop()
 
-    @kopf.index(*em, id="embedding_models", registry=registry)
-    def embedding_models(body: kopf.Body, **_: Any) -> dict[None, Body]:
-        return {None: model_snapshot(body)}
-
-    @kopf.index("v1", "pods", labels=model_server, id="model_pods", registry=registry)
-    def model_pods(body: kopf.Body, **_: Any) -> dict[None, Any]:
-        return {None: pod_view(body)}
-
-    @kopf.index(*deployments, labels=model_server, id="model_deployments", registry=registry)
-    def model_deployments(body: kopf.Body, **_: Any) -> dict[str, Body]:
-        view = deployment_view(body)
-        return {view["model"]: view}
+    @kopf.on.startup(id="decisions", registry=registry)
+    async def start_decisions(**_: Any) -> None:
+        # The watches, the decision loop and the tick, in kopf's context (Events post
+        # from there). Idle timeouts, residency and demand expiry happen without any
+        # event; a kopf timer would put a finalizer on every active model (blocking
+        # namespace deletion whenever the operator is gone), so our own tick runs them.
+        operator.start()
 
     @kopf.on.resume(*em, id="spec", registry=registry)  # type: ignore[arg-type]
     @kopf.on.create(*em, id="spec", registry=registry)  # type: ignore[arg-type]
     @kopf.on.update(*em, field="spec", id="spec", registry=registry)  # type: ignore[arg-type]
-    async def spec_changed(
-        body: kopf.Body,
-        embedding_models: kopf.Index,
-        model_pods: kopf.Index,
-        model_deployments: kopf.Index,
-        **_: Any,
-    ) -> None:
-        await operator.conversion.ensure_model(
-            model_snapshot(body), embedding_models, model_pods, model_deployments
-        )
-
-    @kopf.on.event(*em, id="model_event", registry=registry)  # type: ignore[arg-type]
-    async def model_event(
-        embedding_models: kopf.Index,
-        model_pods: kopf.Index,
-        model_deployments: kopf.Index,
-        **_: Any,
-    ) -> None:
-        await operator.reconcile(embedding_models, model_pods, model_deployments)
-
-    @kopf.on.event("v1", "pods", labels=model_server, id="pod_event", registry=registry)  # type: ignore[arg-type]
-    async def pod_event(
-        embedding_models: kopf.Index,
-        model_pods: kopf.Index,
-        model_deployments: kopf.Index,
-        **_: Any,
-    ) -> None:
-        await operator.reconcile(embedding_models, model_pods, model_deployments)
-
-    @kopf.on.event(*deployments, labels=model_server, id="deployment_event", registry=registry)  # type: ignore[arg-type]
-    async def deployment_event(
-        embedding_models: kopf.Index,
-        model_pods: kopf.Index,
-        model_deployments: kopf.Index,
-        **_: Any,
-    ) -> None:
-        await operator.reconcile(embedding_models, model_pods, model_deployments)
+    async def spec_changed(body: kopf.Body, **_: Any) -> None:
+        await operator.conversion.ensure_model(model_snapshot(body))
 
     @kopf.on.event("batch", "v1", "jobs", labels=converter, id="job_event", registry=registry)  # type: ignore[arg-type]
-    async def job_event(
-        body: kopf.Body,
-        embedding_models: kopf.Index,
-        model_pods: kopf.Index,
-        model_deployments: kopf.Index,
-        **_: Any,
-    ) -> None:
+    async def job_event(body: kopf.Body, **_: Any) -> None:
         await operator.conversion.job_finished(
-            {"metadata": dict(body["metadata"]), "status": dict(body.get("status") or {})},
-            embedding_models,
-            model_pods,
-            model_deployments,
+            {"metadata": dict(body["metadata"]), "status": dict(body.get("status") or {})}
         )
-
-    # Idle timeouts, residency and demand expiry happen without any event. A kopf timer
-    # would put a finalizer on every active model (and block namespace deletion whenever
-    # the operator is gone), so one background task (`tick_forever`, started by the first
-    # decision) ticks instead; it also re-advertises the node's capacity.

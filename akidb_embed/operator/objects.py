@@ -423,6 +423,38 @@ def conversion_job(body: Body, config: OperatorConfig) -> Body:
     }
 
 
+# Events --------------------------------------------------------------------------------
+
+EVENT_COMPONENT = "akidb-embed-operator"
+EVENT_MESSAGE_LIMIT = 1024
+
+
+def model_event(body: Body, type_: str, reason: str, message: str, now: str, instance: str) -> Body:
+    """A core/v1 Event about an EmbeddingModel (what `kubectl describe` lists)."""
+    meta = body["metadata"]
+    return {
+        "apiVersion": "v1",
+        "kind": "Event",
+        "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+        "involvedObject": {
+            "apiVersion": body.get("apiVersion", k8s.API_VERSION),
+            "kind": body.get("kind", k8s.KIND),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        },
+        "type": type_,
+        "reason": reason,
+        "message": message[:EVENT_MESSAGE_LIMIT],
+        "source": {"component": EVENT_COMPONENT},
+        "reportingComponent": EVENT_COMPONENT,
+        "reportingInstance": instance[:128],
+        "firstTimestamp": now,
+        "lastTimestamp": now,
+        "count": 1,
+    }
+
+
 # Status ----------------------------------------------------------------------------------
 
 

@@ -163,6 +163,9 @@ class Writer:
         body = {"preconditions": {"uid": uid}} if uid else None
         await self.write(self.core.delete_namespaced_pod, name, namespace, body=body)
 
+    async def create_event(self, namespace: str, body: Body) -> None:
+        await self.write(self.core.create_namespaced_event, namespace, body)
+
     # -- nodes -----------------------------------------------------------------------
 
     async def list_nodes(self, label_selector: str) -> list[Body]:

@@ -4,6 +4,7 @@ Writer and kubernetes_asyncio serialise every call."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from kubernetes_asyncio import client
 
 from akidb_embed import k8s
 from akidb_embed.operator import conversion, decisions, objects
+from akidb_embed.operator.cache import ClusterCache
 from akidb_embed.operator.config import OperatorConfig
 from akidb_embed.operator.controller import Operator
 from akidb_embed.operator.decisions import Event, Outcome
@@ -225,11 +227,17 @@ async def api_server() -> AsyncIterator[tuple[str, FakeApi]]:
     async def nodes(request: web.Request) -> web.Response:
         return web.json_response({"apiVersion": "v1", "kind": "NodeList", "items": []})
 
+    async def events(request: web.Request) -> web.Response:
+        event = await request.json()
+        fake.calls.append(("event", event["involvedObject"]["name"], event))
+        return web.json_response(event, status=201)
+
     app = web.Application()
     prefix = f"/apis/{k8s.GROUP}/{k8s.VERSION}/namespaces/ns/{k8s.PLURAL}"
     app.router.add_patch(prefix + "/{name}/status", model_status)
     app.router.add_patch("/apis/apps/v1/namespaces/ns/deployments/{name}", deployment)
     app.router.add_get("/api/v1/nodes", nodes)
+    app.router.add_post("/api/v1/namespaces/ns/events", events)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -239,35 +247,109 @@ async def api_server() -> AsyncIterator[tuple[str, FakeApi]]:
     await runner.cleanup()
 
 
+def deployment(name: str, replicas: int) -> dict[str, Any]:
+    return {
+        "metadata": {
+            "name": objects.deployment_name(name),
+            "labels": objects.model_labels(name),
+            "annotations": {objects.TEMPLATE_HASH: "h"},
+        },
+        "spec": {"replicas": replicas},
+    }
+
+
+def watched(op: Operator, models: list[dict[str, Any]], deployments: list[Any]) -> None:
+    """Fill the operator's cache as its watches would (and silence its change hook)."""
+    op.cache = ClusterCache()
+    op.cache.models.replace(models)
+    op.cache.pods.replace([])
+    op.cache.deployments.replace(deployments)
+
+
 async def test_activation_whose_scale_failed_is_scaled_by_the_next_pass(
     api_server: tuple[str, FakeApi],
 ) -> None:
     url, fake = api_server
     conf = client.Configuration(host=url)
     async with client.ApiClient(conf) as api:
-        op = Operator(OperatorConfig(namespace="ns", tick=3600))
+        op = Operator(OperatorConfig(namespace="ns", tick=3600), identity="op-1")
         op.connect(api)
-        demanded = model(requestedAt=k8s.to_rfc3339(NOW))
-        models: dict[Any, list[Any]] = {None: [demanded]}
-        deps = {"m": [{"model": "m", "replicas": 0, "templateHash": "h"}]}
+        watched(op, [model(requestedAt=k8s.to_rfc3339(NOW))], [deployment("m", 0)])
+        poster = asyncio.create_task(op.post_events_forever())
+
+        def writes() -> list[tuple[str, str, Any]]:
+            return [c for c in fake.calls if c[0] != "event"]
+
         try:
-            await op.reconcile(models, {None: []}, deps)
+            await op.reconcile()
             # Status first (the slot is taken), then the scale, which failed.
-            assert [(kind, name) for kind, name, _ in fake.calls] == [
+            assert [(kind, name) for kind, name, _ in writes()] == [
                 ("status", "m"),
                 ("deployment", objects.deployment_name("m")),
             ]
-            assert fake.calls[0][2]["phase"] == ACTIVATING
+            assert writes()[0][2]["phase"] == ACTIVATING
             # The next pass sees Activating (the overlay) at 0 replicas and repairs it.
-            await op.reconcile(models, {None: []}, deps)
-            assert fake.calls[2] == (
+            await op.reconcile()
+            assert writes()[2] == (
                 "deployment",
                 objects.deployment_name("m"),
                 {"spec": {"replicas": 1}},
             )
-            assert fake.fail_scales == 0 and len(fake.calls) == 3  # no second activation
+            # The Activate decision's Event, posted off the decision by the poster.
+            await asyncio.wait_for(op.events.join(), 5)
+            events = [c[2] for c in fake.calls if c[0] == "event"]
+            assert [(e["reason"], e["involvedObject"]["uid"]) for e in events] == [
+                ("Activated", "uid-m")
+            ]
+            assert events[0]["reportingInstance"] == "op-1" and events[0]["type"] == "Normal"
+            assert fake.fail_scales == 0 and len(fake.calls) == 4  # no second activation
         finally:
+            poster.cancel()
             op.stop()
+
+
+async def test_changes_during_a_decision_coalesce_into_one_more() -> None:
+    op = Operator(OperatorConfig(namespace="ns", tick=3600))
+    watched(op, [model()], [deployment("m", 0)])
+    seen: list[int] = []
+    first_running = asyncio.Event()
+    release = asyncio.Event()
+
+    async def decide() -> None:
+        seen.append(len(op.cache.models))
+        first_running.set()
+        await release.wait()
+
+    op._decide_and_apply = decide  # type: ignore[method-assign]
+    op.poke()
+    await first_running.wait()
+    for i in range(10):  # the watches show ten changes while the decision runs
+        op.cache.models.upsert(model(f"n{i}"))
+        op.poke()
+    release.set()
+    assert op._drainer is not None
+    await asyncio.wait_for(op._drainer, 5)
+    assert seen == [1, 11]  # one more decision, and it saw every change
+    op.stop()
+
+
+async def test_decisions_wait_for_every_kind_to_be_listed() -> None:
+    op = Operator(OperatorConfig(namespace="ns", tick=3600))
+    op.cache = ClusterCache()
+    ran: list[int] = []
+
+    async def decide() -> None:
+        ran.append(len(op.cache.pods))
+
+    op._decide_and_apply = decide  # type: ignore[method-assign]
+    pending = asyncio.create_task(op.reconcile())
+    op.cache.models.replace([model()])
+    op.cache.deployments.replace([deployment("m", 1)])
+    await asyncio.sleep(0.05)
+    assert ran == [] and not pending.done()  # the pods are not listed yet
+    op.cache.pods.replace([])
+    await asyncio.wait_for(pending, 5)
+    assert ran == [0]
 
 
 def test_outcomes_are_json_serialisable() -> None:
