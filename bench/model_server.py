@@ -414,6 +414,13 @@ def build_report(res: dict[str, Any]) -> dict[str, Any]:
     ratios["server_c1_p50_overhead_ms_vs_raw_ort_b1"]["met"] = (
         overhead is not None and overhead <= 0.3
     )
+    if overhead is not None and "p50_ms" in r.get("http_floor_c1", {}):
+        # The part of the overhead that is the server's own code (tokenize, queue,
+        # pooling, JSON), not the HTTP round trip every server pays.
+        ratios["server_c1_p50_overhead_ms_beyond_http_floor"] = {
+            "value": round(overhead - r["http_floor_c1"]["p50_ms"], 3),
+            "target": "informational (the HTTP floor's c1 p50, same run, subtracted)",
+        }
     if "server_c32_nobatch" in r:
         ratios["batching_gain_c32"] = {
             "value": ratio(tput.get("server_c32"), tput.get("server_c32_nobatch")),
@@ -597,6 +604,11 @@ def main(argv: list[str] | None = None) -> int:
     r.update(interleaved)
     res["server_memory"] = mem
     del raw
+    print("HTTP floor (a do-nothing aiohttp handler, same client) ...", file=sys.stderr)
+    from bench.http_floor import measure as http_floor
+
+    floor = http_floor(texts=n // 2, rounds=rounds)
+    r["http_floor_c1"] = floor["floor_c1"]
     if not args.quick:
         print("model server without batching ...", file=sys.stderr)
         r["server_c32_nobatch"] = bench_server(

@@ -320,7 +320,13 @@ def _one_size(
             _demand(custom, ns, order[-1])
             _wait_scaled(apps, ns, order[-1])
             row["restart_demand_s"] = round(time.monotonic() - started, 2)
-            time.sleep(3.0)  # let the pass finish and report itself
+            # kopf's resume pass over the spec handlers (writes nothing when everything
+            # is in place) goes on in the background; wait for its report.
+            deadline = time.monotonic() + 180
+            while _logged_pass_s(restart_log) is None and time.monotonic() < deadline:
+                if op.poll() is not None:
+                    raise RuntimeError(f"operator exited; see {restart_log}")
+                time.sleep(0.5)
             row["restart_pass_s"] = _logged_pass_s(restart_log)
         finally:
             op.terminate()
