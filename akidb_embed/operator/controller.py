@@ -96,7 +96,10 @@ class Operator:
         if self.api is None:
             raise RuntimeError("the operator has no API client yet (connect first)")
         if self.watcher is None:
-            self.watcher = asyncio.create_task(self.cache.run(self.api, self.config.namespace))
+            seconds = max(1, round(self.config.watch_timeout))
+            self.watcher = asyncio.create_task(
+                self.cache.run(self.api, self.config.namespace, watch_seconds=seconds)
+            )
         if self.ticker is None:
             self.ticker = asyncio.create_task(self.tick_forever())
         if self.poster is None:
