@@ -151,7 +151,9 @@ def gpu_check(artifact: Path, reference: Path, out: Path, rounds: int) -> dict[s
     }
     for name, batch in (("server", 32), ("server_nobatch", 1)):
         # The server in its own process, as deployed (the client here has its own GIL).
+        # No self-measurement: it would share the GPU with the first timed requests.
         flags = ["--providers", "TensorRT,CUDA,CPU", "--max-batch-size", str(batch)]
+        flags.append("--no-self-benchmark")
         with ServerProcess(artifact, flags) as server:
             result[name] = {
                 "c1": asyncio.run(_http_load(server.url, TEXTS, 1, 200)),

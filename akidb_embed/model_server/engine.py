@@ -13,7 +13,6 @@ import shutil
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -156,25 +155,14 @@ class Engine:
         for required in (self.model_file, TOKENIZER_FILE):
             if not (self.artifact_dir / required).is_file():
                 raise ArtifactError(f"artifact file {self.artifact_dir / required} is missing")
+        if verify:  # only what this process reads: the other graph is not its concern
+            read = {self.model_file, self.model_file + ".data", TOKENIZER_FILE}
+            verify_files(self.artifact_dir, m, only=read)
         self.name = name or m.name
         self.max_length = int(m.max_length)
         self.left_pad = m.padding_side == "left"
-        # Digests are checked on a thread while ONNX Runtime parses the graph (hashlib
-        # and ORT both release the GIL): ~0.1 s of a MiniLM cold start on two cores. A
-        # corrupt file still fails the load before the server turns ready, and its
-        # error wins over whatever parsing it made ORT raise.
-        verifying: Future[None] | None = None
-        if verify:  # only what this process reads: the other graph is not its concern
-            read = {self.model_file, self.model_file + ".data", TOKENIZER_FILE}
-            pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="akidb-verify")
-            verifying = pool.submit(verify_files, self.artifact_dir, m, read)
-            pool.shutdown(wait=False)
-        try:
-            self._load_tokenizers()
-            self._load_session(requested, threads, max_batch_size, spin)
-        finally:
-            if verifying is not None:
-                verifying.result()
+        self._load_tokenizers()
+        self._load_session(requested, threads, max_batch_size, spin)
         self._ranges: dict[tuple[str, int], Ranges | None] = {}
         self.load_seconds = time.perf_counter() - t0
         self.warmup_seconds = 0.0

@@ -42,8 +42,7 @@ def test_cpu_engine_loads_the_saved_graph_and_verifies_only_it(
     _flip_byte(art / CPU_MODEL_FILE)
     with pytest.raises(ArtifactError, match="corrupt"):
         Engine(art, providers="CPU")
-    # Truncated: ONNX Runtime fails to parse it (on another thread than the digest);
-    # the error still names the corruption, not the parse.
+    # Truncated (ONNX Runtime could not parse it): the error names the corruption.
     graph = art / CPU_MODEL_FILE
     graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
     with pytest.raises(ArtifactError, match="is corrupt: digest"):
