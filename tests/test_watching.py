@@ -14,6 +14,7 @@ from aiohttp import web
 from kubernetes_asyncio import client
 
 from akidb_embed import watching
+from tests.fixtures.http import served
 
 Body = dict[str, Any]
 
@@ -72,13 +73,8 @@ async def api_server() -> AsyncIterator[tuple[str, list[str]]]:
 
     app = web.Application()
     app.router.add_get("/api/v1/namespaces/ns/pods", pods)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", requests
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url, requests
 
 
 async def test_events_in_order_and_an_expired_watch_is_listed_again(

@@ -38,6 +38,7 @@ from akidb_embed.operator.placement import (
     Scale,
     Wait,
 )
+from tests.fixtures.http import served
 
 NOW = 1_800_000_000.0
 STAMP = k8s.to_rfc3339(NOW)
@@ -238,13 +239,8 @@ async def api_server() -> AsyncIterator[tuple[str, FakeApi]]:
     app.router.add_patch("/apis/apps/v1/namespaces/ns/deployments/{name}", deployment)
     app.router.add_get("/api/v1/nodes", nodes)
     app.router.add_post("/api/v1/namespaces/ns/events", events)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}", fake
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url, fake
 
 
 def deployment(name: str, replicas: int) -> dict[str, Any]:

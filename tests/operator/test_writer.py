@@ -23,6 +23,7 @@ from akidb_embed.operator.writer import (
     Timeouts,
     Writer,
 )
+from tests.fixtures.http import served
 
 
 def _api(url: str) -> client.ApiClient:
@@ -59,13 +60,8 @@ async def status_server() -> AsyncIterator[str]:
 
     app = web.Application()
     app.router.add_route("*", "/api/v1/namespaces/ns/pods/{name}", pods)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    yield f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with served(app) as url:
+        yield url
 
 
 async def test_a_hung_api_server_costs_one_timeout_not_forever(silent_server: str) -> None:
