@@ -142,7 +142,7 @@ class Operator:
     ) -> None:
         """Create the Deployment, or bring its template up to date (never its replicas:
         those follow the phase, set by the decisions). No write if `current` (the
-        index's view) already carries the desired template hash."""
+        cache's view) already carries the desired template hash."""
         desired = objects.with_template_hash(objects.model_deployment(body, self.config, replicas))
         meta = desired["metadata"]
         wanted_hash = meta["annotations"][objects.TEMPLATE_HASH]

@@ -529,7 +529,7 @@ TEMPLATE_HASH = f"{k8s.GROUP}/template-hash"
 
 def with_template_hash(deployment: Body) -> Body:
     """The Deployment annotated with a hash of its spec minus replicas, so the operator
-    can tell from its index that one is up to date without writing it again."""
+    can tell from its cache that one is up to date without writing it again."""
     import hashlib
     import json
 

@@ -40,7 +40,7 @@ _WRITE_MARKERS = ("phase", "activeSince", "lastEvictedAt", "artifact")
 
 
 def model_snapshot(body: Any) -> Body:
-    """The parts of an EmbeddingModel the operator keeps in its index (plain dicts)."""
+    """The parts of an EmbeddingModel the operator keeps in its cache (plain dicts)."""
     meta = body["metadata"]
     return {
         "apiVersion": body.get("apiVersion", k8s.API_VERSION),
