@@ -83,6 +83,7 @@ bench: venv node-packages kube-binaries
 	$(BIN)/python -m bench.cold_start --baseline-pythonpath $(BENCH_BASE_DIR)
 	$(BIN)/python -m bench.http_floor
 	$(BIN)/python -m bench.gateway_hotpath --before $(BENCH_BASE_DIR)
+	$(BIN)/python -m bench.gateway_hotpath --before $(BENCH_BASE_DIR) --upstream floor
 	$(BIN)/python -m bench.models --wrk
 	$(BIN)/python -m bench.gateway
 	$(BIN)/python -m bench.operator_decisions --cluster
