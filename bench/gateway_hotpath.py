@@ -44,6 +44,7 @@ import aiohttp
 
 from akidb_embed.model_server.runner import free_port
 from bench.gateway import MODEL, REPO, TEXT, machine_info, pct, wait_ready
+from bench.http_floor import start_fixed_answer_server
 
 RESULTS = {
     "model": REPO / "bench" / "results" / "gateway_hotpath.json",
@@ -82,33 +83,22 @@ aio.run(serve(GatewayConfig(host="127.0.0.1", port=port, default_model=MODEL),
 """
 
 
-# The fixed-answer upstream of `--upstream floor`: reads the body, answers pre-encoded
-# bytes shaped like the model server's native answer (the model named as the gateway's
-# resource, so the gateway passes the bytes through as it does for the real server).
-FLOOR_CHILD = """
-import json, sys
-from aiohttp import web
-from bench.gateway import MODEL
-body = json.dumps({"model": MODEL, "dimension": 384, "encoding_format": "float",
+# The fixed-answer upstream of `--upstream floor`: the model server's native answer
+# for one embedding, the model named as the gateway's resource (so the gateway passes
+# the bytes through as it does for the real server).
+FLOOR_ANSWER = {
+    "model": MODEL,
+    "dimension": 384,
+    "encoding_format": "float",
     "embeddings": [[0.0123456789] * 384],
-    "usage": {"prompt_tokens": 9, "total_tokens": 9}}).encode()
-async def handle(request):
-    await request.read()
-    return web.Response(body=body, content_type="application/json")
-async def ready(request):
-    return web.Response(text="ok")
-app = web.Application()
-app.router.add_post("/embed", handle)
-app.router.add_get("/readyz", ready)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
-"""
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+}
 
 
 def start_upstream(args: argparse.Namespace, port: int) -> subprocess.Popen[bytes]:
     """The server the gateways front: the model server, or the fixed-answer floor."""
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
     if args.upstream == "floor":
-        return subprocess.Popen([sys.executable, "-c", FLOOR_CHILD, str(port)], env=env)
+        return start_fixed_answer_server(port, "/embed", FLOOR_ANSWER)
     artifact = args.artifact
     if artifact is None:
         sys.path.insert(0, str(REPO))
@@ -119,7 +109,7 @@ def start_upstream(args: argparse.Namespace, port: int) -> subprocess.Popen[byte
         [sys.executable, "-m", "akidb_embed", "--log-level", "WARNING", "serve", str(artifact),
          "--host", "127.0.0.1", "--port", str(port), "--threads", str(args.threads),
          "--no-self-benchmark", "--no-verify"],
-        env=env,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
     )  # fmt: skip
 
 

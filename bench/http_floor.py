@@ -26,22 +26,37 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "http_floor.json"
 
-SERVER = """
-import json, sys
+# A server that reads each POST body and answers the same pre-encoded bytes: argv is
+# the port, the path to serve and the answer.
+FIXED_ANSWER_SERVER = """
+import sys
 from aiohttp import web
-body = json.dumps({"object": "list", "model": "m", "usage": {"prompt_tokens": 9,
-    "total_tokens": 9}, "data": [{"object": "embedding", "index": 0,
-    "embedding": [0.0123456789] * 384}]}).encode()
+port, path, body = int(sys.argv[1]), sys.argv[2], sys.argv[3].encode()
 async def handle(request):
     await request.read()
     return web.Response(body=body, content_type="application/json")
 async def ready(request):
     return web.Response(text="ok")
 app = web.Application()
-app.router.add_post("/v1/embeddings", handle)
+app.router.add_post(path, handle)
 app.router.add_get("/readyz", ready)
-web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), print=None, access_log=None)
+web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
 """
+
+# The OpenAI-shaped answer for one 384-float embedding.
+OPENAI_ANSWER = {
+    "object": "list",
+    "model": "m",
+    "usage": {"prompt_tokens": 9, "total_tokens": 9},
+    "data": [{"object": "embedding", "index": 0, "embedding": [0.0123456789] * 384}],
+}
+
+
+def start_fixed_answer_server(port: int, path: str, answer: Any) -> subprocess.Popen[bytes]:
+    """A process serving `answer` (JSON-encoded once) on POST `path`, and GET /readyz."""
+    return subprocess.Popen(
+        [sys.executable, "-c", FIXED_ANSWER_SERVER, str(port), path, json.dumps(answer)]
+    )
 
 
 def measure(texts: int = 256, rounds: int = 3) -> dict[str, Any]:
@@ -49,7 +64,7 @@ def measure(texts: int = 256, rounds: int = 3) -> dict[str, Any]:
     from bench.model_server import Acc, http_load, make_texts, wait_http
 
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)])
+    proc = start_fixed_answer_server(port, "/v1/embeddings", OPENAI_ANSWER)
     url = f"http://127.0.0.1:{port}"
     try:
         wait_http(url, "/readyz", proc, 30)
